@@ -1,0 +1,1 @@
+"""The service proxy: endpoint selection, pure renderers and kernel appliers."""

@@ -1,0 +1,1 @@
+"""Where Kubernetes objects come from: static manifests, later the API watch."""

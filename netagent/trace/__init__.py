@@ -1,0 +1,1 @@
+"""Packet tracing over rendered rules, for tests and `netagent debug trace`."""
