@@ -1,0 +1,194 @@
+"""The agent's main loop for the static-manifests source.
+
+Why this shape: the data flows one way — the source yields a snapshot of
+objects, :func:`netagent.state.build_proxy_state` turns it into the desired
+state, and each family's proxier renders and applies it. The loop itself only
+decides *when* to sync (a change on disk, the periodic full resync, a retry
+after a failure) through :class:`netagent.sync_runner.BoundedFrequencyRunner`.
+
+Failure policy: a sync that raises leaves the kernel as it was (the apply is
+one atomic iptables-restore), logs why, and the next sync is a full one. A bad
+object in the manifests never stops the others: it is logged once per change
+and skipped. The previous rules stay in place on exit, as kube-proxy's do;
+``netagent cleanup`` removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from netagent.config import AgentConfig
+from netagent.model import IPFamily, NodeInfo
+from netagent.proxy.conntrack import ConntrackTool
+from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
+from netagent.proxy.iptables_runner import SubprocessIptables, resolve_backend
+from netagent.proxy.sysctl import ProcSysctl, ensure_sysctl
+from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
+from netagent.state import build_proxy_state
+from netagent.sync_runner import BoundedFrequencyRunner
+
+log = logging.getLogger(__name__)
+
+
+def families_for(config: AgentConfig, node: NodeInfo) -> tuple[IPFamily, ...]:
+    """IPv4 always; IPv6 too when the cluster CIDRs or the node's IPs include it."""
+    fams = [IPFamily.IPV4]
+    if any(c.version == 6 for c in config.cluster_cidrs) or any(
+        a.version == 6 for a in node.addresses
+    ):
+        fams.append(IPFamily.IPV6)
+    return tuple(fams)
+
+
+@dataclass
+class ManifestAgent:
+    """Syncs the node from a directory of Service/EndpointSlice/Node manifests."""
+
+    config: AgentConfig
+    proxiers: dict[IPFamily, IptablesProxier] = field(default_factory=dict)
+    last_errors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.config.manifests_dir is None:
+            raise ValueError("ManifestAgent needs config.manifests_dir")
+
+    def _proxier(self, family: IPFamily) -> IptablesProxier:
+        proxier = self.proxiers.get(family)
+        if proxier is None:
+            backend = resolve_backend(self.config.iptables_backend)
+            log.info("iptables backend for %s: %s", family.value, backend)
+            proxier = IptablesProxier(
+                runner=SubprocessIptables(family=family, backend=backend),
+                conntrack=ConntrackTool(family=family),
+                family=family,
+            )
+            self.proxiers[family] = proxier
+        return proxier
+
+    def load(self) -> ManifestSnapshot:
+        """Read the directory; log new errors once."""
+        assert self.config.manifests_dir is not None
+        snapshot = load_manifests(self.config.manifests_dir)
+        errors = tuple(str(e) for e in snapshot.errors)
+        self.last_errors = errors
+        return snapshot
+
+    def own_node(self, snapshot: ManifestSnapshot) -> NodeInfo:
+        """This node's Node object, or a bare one (NodePorts then use every local IP)."""
+        for node in snapshot.nodes:
+            if node.name == self.config.node_name:
+                return node
+        log.warning(
+            "Node %s not found in %s: node IPs and pod CIDR unknown",
+            self.config.node_name,
+            self.config.manifests_dir,
+        )
+        return NodeInfo(name=self.config.node_name)
+
+    def sync(self, *, full: bool) -> list[SyncResult]:
+        """Load, build, render and apply every family once. Raises on apply failure."""
+        snapshot = self.load()
+        node = self.own_node(snapshot)
+        results = []
+        for family in families_for(self.config, node):
+            state = build_proxy_state(
+                services=snapshot.services,
+                slices=snapshot.slices,
+                node=node,
+                config=self.config.proxy_config(),
+                family=family,
+            )
+            result = self._proxier(family).sync(state, full=full)
+            log.info(
+                "synced %s (%s): %d services, %d chains written, %d deleted, %d bytes, "
+                "render %.3fs apply %.3fs",
+                family.value,
+                "full" if result.full else "partial",
+                len(state.services),
+                result.apply.chains_written,
+                result.apply.chains_deleted,
+                result.apply.bytes_written,
+                result.render_seconds,
+                result.apply_seconds,
+            )
+            results.append(result)
+        return results
+
+
+def prepare_host(config: AgentConfig) -> None:
+    """Kernel settings the proxy relies on, in the agent's own network namespace."""
+    if config.localhost_nodeports:
+        # NodePorts on 127.0.0.1 are DNATed to pod IPs; without route_localnet the
+        # kernel drops packets with a loopback source that leave the host.
+        ensure_sysctl(ProcSysctl(), "net/ipv4/conf/all/route_localnet", "1")
+
+
+def run_once(config: AgentConfig) -> int:
+    """`netagent run --once`: one full sync, exit 0 on success, 1 on failure."""
+    prepare_host(config)
+    agent = ManifestAgent(config)
+    try:
+        agent.sync(full=True)
+    except Exception as exc:
+        log.error("sync failed: %s", exc)
+        return 1
+    return 0
+
+
+async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
+    """`netagent run`: sync on change and periodically until SIGTERM/SIGINT."""
+    prepare_host(config)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    agent = ManifestAgent(config)
+    assert config.manifests_dir is not None
+    watcher = ManifestWatcher(config.manifests_dir)
+
+    async def do_sync(periodic: bool) -> bool:
+        try:
+            await asyncio.to_thread(agent.sync, full=periodic)
+        except Exception as exc:
+            log.error("sync failed, next sync will be full: %s", exc)
+            return False
+        return True
+
+    runner = BoundedFrequencyRunner(
+        "iptables-sync",
+        do_sync,
+        min_interval=config.min_sync_period,
+        max_interval=config.sync_period,
+    )
+
+    async def watch() -> None:
+        while not stop.is_set():
+            await watcher.wait_for_change(stop)
+            if not stop.is_set():
+                log.info("manifests changed in %s", config.manifests_dir)
+                runner.request()
+
+    tasks = [
+        asyncio.create_task(runner.run(stop), name="sync-runner"),
+        asyncio.create_task(watch(), name="manifest-watch"),
+    ]
+    done, _ = await asyncio.wait(
+        [*tasks, asyncio.create_task(stop.wait(), name="stop")],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if task.get_name() != "stop" and task.exception() is not None:
+            log.error("task %s failed: %s", task.get_name(), task.exception())
+            return 1
+    log.info("stopping; rules are left in place (use `netagent cleanup` to remove them)")
+    return 0

@@ -1,0 +1,193 @@
+"""Command line: a thin layer that parses flags and calls into the agent.
+
+Why thin: everything the CLI does is reachable from Python (tests, the lab),
+so behaviour lives in :mod:`netagent.agent` and friends; this module only
+turns flags into an :class:`netagent.config.AgentConfig`, sets up logging and
+maps outcomes to exit codes (0 ok, 1 runtime failure, 2 bad usage/config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from netagent import __version__
+from netagent.config import IPTABLES_BACKENDS, PROXY_MODES, ConfigError, build_config
+
+log = logging.getLogger("netagent")
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="program this node and keep it programmed")
+    p.add_argument("--config", type=Path, help="YAML config file (flags take precedence)")
+    p.add_argument("--manifests", dest="manifests_dir", help="read objects from this directory")
+    p.add_argument("--once", action="store_true", help="sync once and exit")
+    p.add_argument("--node-name", dest="node_name", help="this node's name (default $NODE_NAME)")
+    p.add_argument("--cluster-cidr", dest="cluster_cidrs", help="pod network CIDR(s), comma-separated")
+    p.add_argument("--proxy-mode", dest="proxy_mode", choices=PROXY_MODES)
+    p.add_argument("--iptables-backend", dest="iptables_backend", choices=IPTABLES_BACKENDS)
+    p.add_argument("--min-sync-period", dest="min_sync_period", help="e.g. 1s (default 1s)")
+    p.add_argument("--sync-period", dest="sync_period", help="e.g. 30s (default 30s)")
+    p.add_argument(
+        "--nodeport-addresses",
+        dest="nodeport_addresses",
+        help="CIDRs whose local IPs accept NodePorts, comma-separated (default: all)",
+    )
+    p.add_argument("--masquerade-all", dest="masquerade_all", action="store_true", default=None)
+    p.add_argument("--masquerade-bit", dest="masquerade_bit", type=int)
+    p.add_argument(
+        "--no-localhost-nodeports",
+        dest="localhost_nodeports",
+        action="store_false",
+        default=None,
+        help="do not accept NodePorts on 127.0.0.1",
+    )
+
+
+def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser(
+        "cleanup",
+        help="remove every rule and chain netagent created (both iptables backends, both families)",
+    )
+
+
+def _add_debug(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("debug", help="show what the node is doing")
+    dsub = p.add_subparsers(dest="debug_command", required=True)
+    t = dsub.add_parser("trace", help="follow a packet through the node's iptables rules")
+    t.add_argument("--src", required=True, help="source IP")
+    t.add_argument("--dst", required=True, help="destination IP")
+    t.add_argument("--proto", default="tcp", choices=("tcp", "udp", "sctp"))
+    t.add_argument("--port", type=int, required=True, help="destination port")
+    t.add_argument("--from", dest="origin", default="pod", choices=("pod", "host", "external"))
+    t.add_argument("--rules", type=Path, help="iptables-save text (default: read the kernel)")
+    t.add_argument(
+        "--local-ip",
+        action="append",
+        default=[],
+        help="an address this node owns (repeatable; default: read from the kernel)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(prog="netagent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"netagent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_cleanup(sub)
+    _add_debug(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from netagent import agent
+
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "manifests_dir",
+            "node_name",
+            "cluster_cidrs",
+            "proxy_mode",
+            "iptables_backend",
+            "min_sync_period",
+            "sync_period",
+            "nodeport_addresses",
+            "masquerade_all",
+            "masquerade_bit",
+            "localhost_nodeports",
+        )
+    }
+    try:
+        config = build_config(flags, args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if not config.node_name:
+        log.error("config field nodeName: required (--node-name or $NODE_NAME)")
+        return 2
+    if config.manifests_dir is None:
+        log.error(
+            "no object source: pass --manifests DIR (watching the Kubernetes API is not "
+            "available in this version)"
+        )
+        return 2
+    if not config.manifests_dir.is_dir():
+        log.error("config field manifestsDir: %s is not a directory", config.manifests_dir)
+        return 2
+    if args.once:
+        return agent.run_once(config)
+    return asyncio.run(agent.run_forever(config))
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from netagent.model import IPFamily
+    from netagent.proxy.iptables_apply import IptablesApplier
+    from netagent.proxy.iptables_runner import IptablesError, SubprocessIptables
+
+    status = 0
+    for backend in ("nft", "legacy"):
+        for family in (IPFamily.IPV4, IPFamily.IPV6):
+            runner = SubprocessIptables(family=family, backend=backend)
+            if not runner.available():
+                log.debug("cleanup: %s %s tools not installed, skipped", family.value, backend)
+                continue
+            try:
+                report = IptablesApplier.cleanup(runner)
+            except IptablesError as exc:
+                log.error("cleanup of %s %s failed: %s", family.value, backend, exc)
+                status = 1
+                continue
+            log.info("cleanup %s %s: %s", family.value, backend, report)
+    return status
+
+
+def _cmd_debug(args: argparse.Namespace) -> int:
+    from netagent.debug import run_trace
+
+    return run_trace(
+        src=args.src,
+        dst=args.dst,
+        proto=args.proto,
+        port=args.port,
+        origin=args.origin,
+        rules_file=args.rules,
+        local_ips=args.local_ip,
+        out=sys.stdout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `netagent` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "cleanup":
+        if shutil.which("iptables-restore") is None and shutil.which("iptables-nft-restore") is None:
+            log.error("iptables tools are not installed")
+            return 1
+        return _cmd_cleanup(args)
+    if args.command == "debug":
+        return _cmd_debug(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""AgentConfig: defaults, YAML file, flag precedence, and errors that name the field."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from netagent.config import ConfigError, build_config
+
+
+def test_defaults_match_kube_proxy() -> None:
+    cfg = build_config({}, env={})
+    assert cfg.min_sync_period == 1.0
+    assert cfg.sync_period == 30.0
+    assert cfg.masquerade_bit == 14
+    assert cfg.proxy_config().masquerade_mark == "0x4000"
+    assert cfg.healthz_bind_address == "0.0.0.0:10256"
+    assert cfg.metrics_bind_address == "127.0.0.1:10249"
+
+
+def test_file_then_flags_take_precedence(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("nodeName: from-file\nsyncPeriod: 45s\nclusterCIDR: 10.244.0.0/16\n")
+    cfg = build_config({"node_name": "from-flag", "sync_period": None}, f, env={})
+    assert cfg.node_name == "from-flag"
+    assert cfg.sync_period == 45.0
+    assert cfg.cluster_cidrs == (ipaddress.ip_network("10.244.0.0/16"),)
+
+
+def test_node_name_from_env() -> None:
+    assert build_config({}, env={"NODE_NAME": "n1"}).node_name == "n1"
+    assert build_config({"node_name": "n2"}, env={"NODE_NAME": "n1"}).node_name == "n2"
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "fragment"),
+    [
+        ({"cluster_cidrs": "10.244.0.0/33"}, "clusterCIDR", "not a valid CIDR"),
+        ({"cluster_cidrs": "10.244.0.1/16"}, "clusterCIDR", "has host bits set"),
+        ({"sync_period": "-1"}, "syncPeriod", "positive"),
+        ({"min_sync_period": "fast"}, "minSyncPeriod", "duration"),
+        ({"masquerade_bit": 40}, "masqueradeBit", "0-31"),
+        ({"proxy_mode": "userspace"}, "mode", "must be one of"),
+        ({"iptables_backend": "xt"}, "iptablesBackend", "must be one of"),
+        ({"min_sync_period": "60s", "sync_period": "30s"}, "minSyncPeriod", "longer than"),
+    ],
+)
+def test_invalid_values_name_the_field(flags: dict[str, object], field: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(flags, env={})
+    assert info.value.key == field
+    assert f"config field {field}:" in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_unknown_yaml_key_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("syncPeriodd: 10s\n")
+    with pytest.raises(ConfigError, match="syncPeriodd: unknown field"):
+        build_config({}, f, env={})
+
+
+def test_bad_bind_address(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("metricsBindAddress: localhost:99999\n")
+    with pytest.raises(ConfigError, match="metricsBindAddress"):
+        build_config({}, f, env={})
