@@ -69,11 +69,12 @@ class ManifestAgent:
         return proxier
 
     def load(self) -> ManifestSnapshot:
-        """Read the directory; log new errors once."""
+        """Read the directory; new errors are logged as warnings, known ones at debug."""
         assert self.config.manifests_dir is not None
-        snapshot = load_manifests(self.config.manifests_dir)
-        errors = tuple(str(e) for e in snapshot.errors)
-        self.last_errors = errors
+        # Errors seen on the previous load are logged at debug level, so a bad
+        # object is reported once per change, not on every periodic resync.
+        snapshot = load_manifests(self.config.manifests_dir, known_errors=self.last_errors)
+        self.last_errors = tuple(str(e) for e in snapshot.errors)
         return snapshot
 
     def own_node(self, snapshot: ManifestSnapshot) -> NodeInfo:

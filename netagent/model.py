@@ -38,7 +38,7 @@ class Protocol(str, enum.Enum):
     SCTP = "SCTP"
 
     @property
-    def lower(self) -> str:
+    def lowercase(self) -> str:
         """The spelling iptables, nft and conntrack use (``tcp``)."""
         return self.value.lower()
 
