@@ -25,7 +25,7 @@ from netagent.model import IPFamily, NodeInfo
 from netagent.proxy.conntrack import ConntrackTool
 from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
 from netagent.proxy.iptables_runner import SubprocessIptables, resolve_backend
-from netagent.proxy.sysctl import ProcSysctl, ensure_sysctl
+from netagent.proxy.sysctl import ProcSysctl, ensure_proxy_sysctls
 from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
 from netagent.state import build_proxy_state
 from netagent.sync_runner import BoundedFrequencyRunner
@@ -121,10 +121,15 @@ class ManifestAgent:
 
 def prepare_host(config: AgentConfig) -> None:
     """Kernel settings the proxy relies on, in the agent's own network namespace."""
-    if config.localhost_nodeports:
-        # NodePorts on 127.0.0.1 are DNATed to pod IPs; without route_localnet the
-        # kernel drops packets with a loopback source that leave the host.
-        ensure_sysctl(ProcSysctl(), "net/ipv4/conf/all/route_localnet", "1")
+    # ip_forward: DNATed packets to pods on other hosts/bridges are forwarded;
+    # route_localnet: NodePorts on 127.0.0.1 are DNATed to pod IPs, which the
+    # kernel otherwise refuses for loopback sources; bridge-nf-call-iptables:
+    # pod -> service -> pod on the same bridge must pass through nat.
+    ensure_proxy_sysctls(
+        ProcSysctl(),
+        localhost_nodeports=config.localhost_nodeports,
+        ipv6=any(c.version == 6 for c in config.cluster_cidrs),
+    )
 
 
 def run_once(config: AgentConfig) -> int:
