@@ -34,11 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.synthetic import build_state, with_one_endpoint_changed  # noqa: E402
-from netagent.model import IPFamily  # noqa: E402
-from netagent.proxy.iptables_apply import IptablesApplier  # noqa: E402
-from netagent.proxy.iptables_render import clear_render_cache, render_iptables  # noqa: E402
-from netagent.proxy.iptables_runner import SubprocessIptables  # noqa: E402
+from bench.synthetic import build_state, with_one_endpoint_changed
+from netagent.model import IPFamily
+from netagent.proxy.iptables_apply import IptablesApplier
+from netagent.proxy.iptables_render import clear_render_cache, render_iptables
+from netagent.proxy.iptables_runner import SubprocessIptables
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Synthetic cluster states for benchmarks: N services x K endpoints, built directly as model objects.
+"""Synthetic cluster states for benchmarks: N services x K endpoints, built as model objects.
 
 Why not YAML: the benchmarks measure rendering and kernel apply, not YAML
 parsing, so they build the typed model the boundary would produce. Addresses
@@ -15,9 +15,9 @@ from netagent.model import (
     Endpoint,
     IPFamily,
     NodeInfo,
+    Protocol,
     ProxyConfig,
     ProxyState,
-    Protocol,
     ServicePort,
     ServicePortName,
 )

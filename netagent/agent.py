@@ -16,6 +16,7 @@ and skipped. The previous rules stay in place on exit, as kube-proxy's do;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -150,10 +151,8 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
     agent = ManifestAgent(config)
     assert config.manifests_dir is not None
     watcher = ManifestWatcher(config.manifests_dir)
@@ -180,12 +179,13 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
                 log.info("manifests changed in %s", config.manifests_dir)
                 runner.request()
 
-    tasks = [
+    tasks: list[asyncio.Task[object]] = [
         asyncio.create_task(runner.run(stop), name="sync-runner"),
         asyncio.create_task(watch(), name="manifest-watch"),
     ]
+    stopper: asyncio.Task[object] = asyncio.create_task(stop.wait(), name="stop")
     done, _ = await asyncio.wait(
-        [*tasks, asyncio.create_task(stop.wait(), name="stop")],
+        [*tasks, stopper],
         return_when=asyncio.FIRST_COMPLETED,
     )
     stop.set()

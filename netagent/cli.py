@@ -27,7 +27,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--manifests", dest="manifests_dir", help="read objects from this directory")
     p.add_argument("--once", action="store_true", help="sync once and exit")
     p.add_argument("--node-name", dest="node_name", help="this node's name (default $NODE_NAME)")
-    p.add_argument("--cluster-cidr", dest="cluster_cidrs", help="pod network CIDR(s), comma-separated")
+    p.add_argument(
+        "--cluster-cidr", dest="cluster_cidrs", help="pod network CIDR(s), comma-separated"
+    )
     p.add_argument("--proxy-mode", dest="proxy_mode", choices=PROXY_MODES)
     p.add_argument("--iptables-backend", dest="iptables_backend", choices=IPTABLES_BACKENDS)
     p.add_argument("--min-sync-period", dest="min_sync_period", help="e.g. 1s (default 1s)")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "cleanup":
-        if shutil.which("iptables-restore") is None and shutil.which("iptables-nft-restore") is None:
+        if not any(shutil.which(t) for t in ("iptables-restore", "iptables-nft-restore")):
             log.error("iptables tools are not installed")
             return 1
         return _cmd_cleanup(args)

@@ -221,7 +221,9 @@ def load_config_file(path: Path) -> dict[str, object]:
 
 
 def build_config(
-    flags: Mapping[str, object], config_file: Path | None = None, env: Mapping[str, str] | None = None
+    flags: Mapping[str, object],
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AgentConfig:
     """Merge defaults, the YAML file, $NODE_NAME and flags (in rising precedence)."""
     env = os.environ if env is None else env

@@ -1,4 +1,4 @@
-"""`netagent debug`: answer "what happens to this packet on this node?" without reading iptables-save.
+"""`netagent debug`: "what happens to this packet on this node?" without reading iptables-save.
 
 Why: the top operator complaint about kube-proxy is that debugging means
 SSHing to a node and reading thousands of iptables lines. The packet tracer

@@ -88,7 +88,8 @@ def show(title: str, results: list[ProbeResult]) -> None:
 
 
 def main() -> int:
-    subprocess.run([str(REPO / "netns-lab" / "lab.sh"), "up"], check=True, stdout=subprocess.DEVNULL)
+    lab_cli = str(REPO / "netns-lab" / "lab.sh")
+    subprocess.run([lab_cli, "up"], check=True, stdout=subprocess.DEVNULL)
     suffix = (Path("/run/netns-lab") / "current").read_text().strip()
     lab = SingleNodeLab.attach(suffix)
     lab.write_manifests(services=DEMO_SERVICES, endpoints=DEMO_ENDPOINTS)

@@ -48,7 +48,7 @@ def test_restore_syntax_parses_into_typed_matches() -> None:
     assert [r.target for r in svc] == ["NETAGENT-SEP-A", "NETAGENT-SEP-A"]
     check = svc[0].matches[0]
     assert check.kind == "recent_check" and check.value == ("NETAGENT-SEP-A", 10800)
-    stat = [m for m in svc[1].matches if m.kind == "statistic"][0]
+    stat = next(m for m in svc[1].matches if m.kind == "statistic")
     assert stat.value == pytest.approx(1 / 3)
     sep = rs.tables["nat"]["NETAGENT-SEP-A"]
     assert sep[0].matches[0].value == ipaddress.ip_network("10.0.0.1/32")

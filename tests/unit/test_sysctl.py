@@ -20,7 +20,7 @@ def test_ensure_writes_only_when_different() -> None:
 
 
 def test_missing_setting_is_an_error_naming_it() -> None:
-    with pytest.raises(SysctlError, match="net.ipv4.nope"):
+    with pytest.raises(SysctlError, match=r"net\.ipv4\.nope"):
         ensure_sysctl(FakeSysctl(), "net.ipv4.nope", "1")
 
 
