@@ -220,6 +220,18 @@ class IptablesApplier:
         """True before the first successful apply and after any failure."""
         return self._applied is None or self._failed
 
+    def adopt(self, rendered: RenderedIptables) -> None:
+        """Record ``rendered`` (plus the canary chains) as what the kernel already holds.
+
+        For callers that loaded the ruleset by other means: the benchmark
+        preloads 10,000 services with a flushing iptables-restore, because
+        ``iptables-nft-restore --noflush`` is quadratic at that size (see
+        docs/performance.md). The next :meth:`apply` diffs against it, and
+        the canary check still forces a full sync if the kernel disagrees.
+        """
+        self._applied = _with_canaries(rendered.tables)
+        self._failed = False
+
     def apply(self, rendered: RenderedIptables, *, full: bool) -> ApplyResult:
         """Apply ``rendered``; raise IptablesError on failure (the next apply is then full).
 
