@@ -59,6 +59,9 @@ class EndpointSelection:
             rule can send traffic to (one DNAT chain each; conntrack cleanup).
         has_any_endpoints: Some endpoint anywhere is ready, or serving and
             terminating. False means traffic is rejected.
+
+    The lists hold the caller's Endpoint objects themselves, never copies, so
+    a renderer may key per-endpoint data by identity.
     """
 
     cluster: tuple[Endpoint, ...]

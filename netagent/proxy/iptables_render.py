@@ -110,7 +110,6 @@ class _Context:
     host_suffix: str  # "/32" or "/128"
     masquerade_all: bool
     pod_cidrs: tuple[str, ...]
-    node_ips: tuple[IPAddress, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +158,6 @@ def _context(config: ProxyConfig, node: NodeInfo, version: int) -> _Context:
         host_suffix="/32" if version == 4 else "/128",
         masquerade_all=config.masquerade_all,
         pod_cidrs=tuple(str(n) for n in _family_nets(config.cluster_cidrs, version)),
-        node_ips=node.addresses,
     )
 
 
@@ -300,6 +298,8 @@ def _render_service(
 
     chains: list[tuple[str, tuple[str, ...]]] = []
     if has_endpoints:
+        # Keyed by identity: the selection's lists share their Endpoint objects,
+        # and hashing addresses is what makes a cold render slow.
         seps: dict[int, tuple[str, str]] = {}
         sep_chains: list[tuple[str, tuple[str, ...]]] = []
         sep_comment = f'-m comment --comment "{name}"'
@@ -322,12 +322,6 @@ def _render_service(
                     ),
                 )
             )
-        for ep in sel.cluster_policy:
-            if id(ep) not in seps:  # not the same object: fall back to a lookup by value
-                seps[id(ep)] = _lookup(ep, sel.all_reachable, seps)
-        for ep in sel.local:
-            if id(ep) not in seps:
-                seps[id(ep)] = _lookup(ep, sel.all_reachable, seps)
 
         masq: list[str] = []
         if has_internal:
@@ -359,7 +353,7 @@ def _render_service(
                 for src in source_ranges
             ]
             ranges = [n for n in svc.load_balancer_source_ranges if n.version == v]
-            if any(ip in n for n in ranges for ip in ctx.node_ips):
+            if any(ip in n for n in ranges for ip in ctx.node.addresses):
                 # A VIP-style LB address is often local to the node, so the
                 # node's own requests to it arrive with the VIP as source.
                 fw_rules.extend(
@@ -379,15 +373,6 @@ def _render_service(
         filter_nodeports=tuple(filter_nodeports),
         filter_firewall=tuple(filter_firewall),
     )
-
-
-def _lookup(
-    ep: Endpoint, reachable: tuple[Endpoint, ...], seps: Mapping[int, tuple[str, str]]
-) -> tuple[str, str]:
-    for other in reachable:
-        if other.ip == ep.ip and other.port == ep.port:
-            return seps[id(other)]
-    raise AssertionError(f"endpoint {ep} is not among the reachable endpoints")
 
 
 def _external_chain(
