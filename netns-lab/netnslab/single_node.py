@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from netnslab import agent_process, manifests, traffic
 from netnslab.names import LabNames, is_suffix, link_name, new_suffix, remember_suffix
@@ -402,32 +403,20 @@ class SingleNodeLab:
         return result.raise_for_error(f"UDP {ip}:{port} from {from_ns}")
 
     def many_tcp_requests(
-        self,
-        from_ns: str,
-        ip: str,
-        port: int,
-        count: int,
-        *,
-        payload: str = "hello\n",
-        timeout: float = 1.0,
-        deadline: float = 60.0,
+        self, from_ns: str, ip: str, port: int, count: int, **options: Any
     ) -> list[traffic.ProbeResult]:
         """``count`` new TCP connections from one helper process in ``from_ns``."""
-        ns = self.ns(from_ns)
-        return traffic.many_requests(
-            ns,
-            "tcp",
-            ip,
-            port,
-            count,
-            python=self.python,
-            payload=payload,
-            timeout=timeout,
-            deadline=deadline,
-        )
+        return self._many("tcp", from_ns, ip, port, count, **options)
 
     def many_udp_requests(
+        self, from_ns: str, ip: str, port: int, count: int, **options: Any
+    ) -> list[traffic.ProbeResult]:
+        """``count`` datagrams, each from its own source port, from one helper process."""
+        return self._many("udp", from_ns, ip, port, count, **options)
+
+    def _many(
         self,
+        proto: str,
         from_ns: str,
         ip: str,
         port: int,
@@ -437,11 +426,9 @@ class SingleNodeLab:
         timeout: float = 1.0,
         deadline: float = 60.0,
     ) -> list[traffic.ProbeResult]:
-        """``count`` datagrams, each from its own source port, from one helper process."""
-        ns = self.ns(from_ns)
         return traffic.many_requests(
-            ns,
-            "udp",
+            self.ns(from_ns),
+            proto,
             ip,
             port,
             count,
