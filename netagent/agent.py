@@ -22,7 +22,8 @@ import signal
 from dataclasses import dataclass, field
 
 from netagent.config import AgentConfig
-from netagent.model import IPFamily, NodeInfo
+from netagent.model import IPFamily, NodeInfo, ProxyState
+from netagent.observability import Observability
 from netagent.proxy.conntrack import ConntrackTool
 from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
 from netagent.proxy.iptables_runner import SubprocessIptables, resolve_backend
@@ -51,6 +52,7 @@ class ManifestAgent:
     config: AgentConfig
     proxiers: dict[IPFamily, IptablesProxier] = field(default_factory=dict)
     last_errors: tuple[str, ...] = ()
+    last_states: list[ProxyState] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.config.manifests_dir is None:
@@ -95,6 +97,7 @@ class ManifestAgent:
         snapshot = self.load()
         node = self.own_node(snapshot)
         results = []
+        states = []
         for family in families_for(self.config, node):
             state = build_proxy_state(
                 services=snapshot.services,
@@ -117,6 +120,8 @@ class ManifestAgent:
                 result.apply_seconds,
             )
             results.append(result)
+            states.append(state)
+        self.last_states = states
         return results
 
 
@@ -157,12 +162,18 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
     assert config.manifests_dir is not None
     watcher = ManifestWatcher(config.manifests_dir)
 
+    observe = Observability(config)
+    observe.start()
+
     async def do_sync(periodic: bool) -> bool:
         try:
-            await asyncio.to_thread(agent.sync, full=periodic)
+            results = await asyncio.to_thread(agent.sync, full=periodic)
         except Exception as exc:
             log.error("sync failed, next sync will be full: %s", exc)
+            observe.failed()
             return False
+        rendered = [p.last_rendered for p in agent.proxiers.values() if p.last_rendered]
+        observe.synced(results, agent.last_states, rendered)
         return True
 
     runner = BoundedFrequencyRunner(
@@ -177,6 +188,7 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
             await watcher.wait_for_change(stop)
             if not stop.is_set():
                 log.info("manifests changed in %s", config.manifests_dir)
+                observe.queued()
                 runner.request()
 
     tasks: list[asyncio.Task[object]] = [
@@ -192,6 +204,7 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    observe.stop()
     for task in done:
         if task.get_name() != "stop" and task.exception() is not None:
             log.error("task %s failed: %s", task.get_name(), task.exception())

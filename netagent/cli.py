@@ -42,6 +42,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--masquerade-all", dest="masquerade_all", action="store_true", default=None)
     p.add_argument("--masquerade-bit", dest="masquerade_bit", type=int)
     p.add_argument(
+        "--healthz-bind-address", dest="healthz_bind_address", help="default 0.0.0.0:10256"
+    )
+    p.add_argument(
+        "--metrics-bind-address", dest="metrics_bind_address", help="default 127.0.0.1:10249"
+    )
+    p.add_argument(
         "--no-localhost-nodeports",
         dest="localhost_nodeports",
         action="store_false",
@@ -112,6 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "masquerade_all",
             "masquerade_bit",
             "localhost_nodeports",
+            "healthz_bind_address",
+            "metrics_bind_address",
         )
     }
     try:
