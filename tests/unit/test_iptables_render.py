@@ -427,8 +427,8 @@ def test_fake_kernel_accepts_ruleset(name: str) -> None:
 @pytest.mark.lab
 @pytest.mark.parametrize("tool", ["iptables-restore", "iptables-legacy-restore"])
 def test_kernel_accepts_golden_payloads(tool: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} not installed")
+    # A lab test may not skip: a missing tool is a failure (scripts/install-deps.sh installs it).
+    assert shutil.which(tool) is not None, f"{tool} not installed"
     netns = f"na-render-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:

@@ -34,8 +34,7 @@ from netagent.model import (
     TrafficPolicy,
 )
 from netagent.proxy.iptables_render import render_iptables
-
-trace = pytest.importorskip("netagent.trace.iptables_trace", reason="packet tracer not written yet")
+from netagent.trace import iptables_trace as trace
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
