@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 from netagent.config import AgentConfig
@@ -30,7 +31,7 @@ from netagent.proxy.iptables_runner import SubprocessIptables, resolve_backend
 from netagent.proxy.sysctl import ProcSysctl, ensure_proxy_sysctls
 from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
 from netagent.state import build_proxy_state
-from netagent.sync_runner import BoundedFrequencyRunner
+from netagent.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +166,19 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
     observe = Observability(config)
     observe.start()
 
+    schedule = FullSyncSchedule(config.sync_period)
+
     async def do_sync(periodic: bool) -> bool:
+        full = periodic and schedule.full_due()
+        started = time.monotonic()
         try:
-            results = await asyncio.to_thread(agent.sync, full=periodic)
+            results = await asyncio.to_thread(agent.sync, full=full)
         except Exception as exc:
             log.error("sync failed, next sync will be full: %s", exc)
             observe.failed()
             return False
+        if any(r.full for r in results):
+            schedule.record_full(started, time.monotonic() - started)
         rendered = [p.last_rendered for p in agent.proxiers.values() if p.last_rendered]
         observe.synced(results, agent.last_states, rendered)
         return True

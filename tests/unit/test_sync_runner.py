@@ -101,3 +101,21 @@ def test_stop_interrupts_long_wait() -> None:
         return time.monotonic() - t0
 
     assert run(main) < 1.0
+
+
+def test_full_sync_schedule_spaces_slow_full_syncs() -> None:
+    from netagent.sync_runner import FullSyncSchedule
+
+    now = [0.0]
+    sched = FullSyncSchedule(30.0, spacing=10.0, clock=lambda: now[0])
+    assert sched.full_due()  # nothing recorded yet
+    sched.record_full(started=0.0, duration=1.0)
+    now[0] = 29.0
+    assert not sched.full_due()
+    now[0] = 30.0
+    assert sched.full_due()  # fast full syncs follow syncPeriod
+    sched.record_full(started=30.0, duration=60.0)  # a slow one: 60 s
+    now[0] = 30.0 + 599.0
+    assert not sched.full_due()  # at most 10% of the time in full syncs
+    now[0] = 30.0 + 600.0
+    assert sched.full_due()
