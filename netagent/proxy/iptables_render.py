@@ -52,7 +52,6 @@ empties it.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from socket import inet_ntoa
@@ -72,8 +71,6 @@ from netagent.model import (
 from netagent.proxy import chain_names as cn
 from netagent.proxy.endpoint_selection import EndpointSelection, select_endpoints
 from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
-
-log = logging.getLogger(__name__)
 
 _LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 _LOOPBACK_V6 = ipaddress.ip_network("::1/128")
