@@ -20,7 +20,7 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netagent.config import AgentConfig
 from netagent.model import IPFamily, NodeInfo, ProxyState
@@ -32,6 +32,7 @@ from netagent.proxy.sysctl import ProcSysctl, ensure_proxy_sysctls
 from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
 from netagent.state import build_proxy_state
 from netagent.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
+from netagent.translate import InvalidObject
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ManifestAgent:
     proxiers: dict[IPFamily, IptablesProxier] = field(default_factory=dict)
     last_errors: tuple[str, ...] = ()
     last_states: list[ProxyState] = field(default_factory=list)
+    _last_good: ManifestSnapshot | None = None
 
     def __post_init__(self) -> None:
         if self.config.manifests_dir is None:
@@ -73,12 +75,20 @@ class ManifestAgent:
         return proxier
 
     def load(self) -> ManifestSnapshot:
-        """Read the directory; new errors are logged as warnings, known ones at debug."""
+        """Read the directory; new errors are logged as warnings, known ones at debug.
+
+        An object that was valid on the previous load and is invalid now keeps
+        its last valid version: a bad edit must not remove rules that are
+        serving traffic. A deleted object (no longer in any file) does go.
+        """
         assert self.config.manifests_dir is not None
         # Errors seen on the previous load are logged at debug level, so a bad
         # object is reported once per change, not on every periodic resync.
         snapshot = load_manifests(self.config.manifests_dir, known_errors=self.last_errors)
         self.last_errors = tuple(str(e) for e in snapshot.errors)
+        if self._last_good is not None:
+            snapshot = keep_last_valid(snapshot, self._last_good)
+        self._last_good = snapshot
         return snapshot
 
     def own_node(self, snapshot: ManifestSnapshot) -> NodeInfo:
@@ -124,6 +134,41 @@ class ManifestAgent:
             states.append(state)
         self.last_states = states
         return results
+
+
+def keep_last_valid(snapshot: ManifestSnapshot, previous: ManifestSnapshot) -> ManifestSnapshot:
+    """``snapshot`` plus the previous version of every object that has turned invalid."""
+    bad = {
+        (e.kind, e.namespace, e.name) for e in snapshot.errors if isinstance(e, InvalidObject)
+    }
+    if not bad:
+        return snapshot
+    present = {p.name.service for p in snapshot.services}
+    services = list(snapshot.services)
+    for port in previous.services:
+        ref = ("Service", port.name.namespace, port.name.name)
+        if ref in bad and port.name.service not in present:
+            services.append(port)
+    slice_keys = {s.key for s in snapshot.slices}
+    slices = list(snapshot.slices)
+    for sl in previous.slices:
+        if ("EndpointSlice", sl.namespace, sl.name) in bad and sl.key not in slice_keys:
+            slices.append(sl)
+    node_names = {n.name for n in snapshot.nodes}
+    nodes = list(snapshot.nodes)
+    for node in previous.nodes:
+        if ("Node", "", node.name) in bad and node.name not in node_names:
+            nodes.append(node)
+    kept = (len(services) - len(snapshot.services), len(slices) - len(snapshot.slices))
+    if kept != (0, 0) or len(nodes) != len(snapshot.nodes):
+        log.warning(
+            "keeping the last valid version of %d service ports, %d EndpointSlices and %d Nodes "
+            "that are invalid now (see the errors above)",
+            kept[0],
+            kept[1],
+            len(nodes) - len(snapshot.nodes),
+        )
+    return replace(snapshot, services=tuple(services), slices=tuple(slices), nodes=tuple(nodes))
 
 
 def prepare_host(config: AgentConfig) -> None:
