@@ -16,22 +16,21 @@ and skipped. The previous rules stay in place on exit, as kube-proxy's do;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from netagent.config import AgentConfig
+from netagent.daemon import SourceTask, install_signal_handlers, run_daemon
 from netagent.model import IPFamily, NodeInfo, ProxyState
 from netagent.observability import Observability
 from netagent.proxy.conntrack import ConntrackTool
 from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
+from netagent.proxy.iptables_rules import RenderedIptables
 from netagent.proxy.iptables_runner import SubprocessIptables, resolve_backend
 from netagent.proxy.sysctl import ProcSysctl, ensure_proxy_sysctls
 from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
 from netagent.state import build_proxy_state
-from netagent.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
 from netagent.translate import InvalidObject
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,33 @@ def families_for(config: AgentConfig, node: NodeInfo) -> tuple[IPFamily, ...]:
     ):
         fams.append(IPFamily.IPV6)
     return tuple(fams)
+
+
+def make_proxier(config: AgentConfig, family: IPFamily) -> IptablesProxier:
+    """The real iptables proxier of one family, on the configured backend."""
+    backend = resolve_backend(config.iptables_backend)
+    log.info("iptables backend for %s: %s", family.value, backend)
+    return IptablesProxier(
+        runner=SubprocessIptables(family=family, backend=backend),
+        conntrack=ConntrackTool(family=family),
+        family=family,
+    )
+
+
+def log_sync(family: IPFamily, state: ProxyState, result: SyncResult) -> None:
+    """One line per applied family: what was written and how long it took."""
+    log.info(
+        "synced %s (%s): %d services, %d chains written, %d deleted, %d bytes, "
+        "render %.3fs apply %.3fs",
+        family.value,
+        "full" if result.full else "partial",
+        len(state.services),
+        result.apply.chains_written,
+        result.apply.chains_deleted,
+        result.apply.bytes_written,
+        result.render_seconds,
+        result.apply_seconds,
+    )
 
 
 @dataclass
@@ -64,14 +90,7 @@ class ManifestAgent:
     def _proxier(self, family: IPFamily) -> IptablesProxier:
         proxier = self.proxiers.get(family)
         if proxier is None:
-            backend = resolve_backend(self.config.iptables_backend)
-            log.info("iptables backend for %s: %s", family.value, backend)
-            proxier = IptablesProxier(
-                runner=SubprocessIptables(family=family, backend=backend),
-                conntrack=ConntrackTool(family=family),
-                family=family,
-            )
-            self.proxiers[family] = proxier
+            proxier = self.proxiers[family] = make_proxier(self.config, family)
         return proxier
 
     def load(self) -> ManifestSnapshot:
@@ -103,6 +122,14 @@ class ManifestAgent:
         )
         return NodeInfo(name=self.config.node_name)
 
+    def last_outcome(self) -> tuple[list[ProxyState], list[RenderedIptables]]:
+        """The states and rendered rules of the last successful sync."""
+        rendered = [p.last_rendered for p in self.proxiers.values() if p.last_rendered]
+        return self.last_states, rendered
+
+    def after_success(self, now: float) -> None:
+        """Nothing to record for manifests (they carry no trigger times)."""
+
     def sync(self, *, full: bool) -> list[SyncResult]:
         """Load, build, render and apply every family once. Raises on apply failure."""
         snapshot = self.load()
@@ -118,18 +145,7 @@ class ManifestAgent:
                 family=family,
             )
             result = self._proxier(family).sync(state, full=full)
-            log.info(
-                "synced %s (%s): %d services, %d chains written, %d deleted, %d bytes, "
-                "render %.3fs apply %.3fs",
-                family.value,
-                "full" if result.full else "partial",
-                len(state.services),
-                result.apply.chains_written,
-                result.apply.chains_deleted,
-                result.apply.bytes_written,
-                result.render_seconds,
-                result.apply_seconds,
-            )
+            log_sync(family, state, result)
             results.append(result)
             states.append(state)
         self.last_states = states
@@ -197,69 +213,27 @@ def run_once(config: AgentConfig) -> int:
 
 
 async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
-    """`netagent run`: sync on change and periodically until SIGTERM/SIGINT."""
+    """`netagent run --manifests DIR`: sync on change and periodically until SIGTERM/SIGINT."""
     prepare_host(config)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(sig, stop.set)
+    install_signal_handlers(stop)
     agent = ManifestAgent(config)
     assert config.manifests_dir is not None
     watcher = ManifestWatcher(config.manifests_dir)
 
-    observe = Observability(config)
-    observe.start()
-
-    schedule = FullSyncSchedule(config.sync_period)
-
-    async def do_sync(periodic: bool) -> bool:
-        full = periodic and schedule.full_due()
-        started = time.monotonic()
-        try:
-            results = await asyncio.to_thread(agent.sync, full=full)
-        except Exception as exc:
-            log.error("sync failed, next sync will be full: %s", exc)
-            observe.failed()
-            return False
-        if any(r.full for r in results):
-            schedule.record_full(started, time.monotonic() - started)
-        rendered = [p.last_rendered for p in agent.proxiers.values() if p.last_rendered]
-        observe.synced(results, agent.last_states, rendered)
-        return True
-
-    runner = BoundedFrequencyRunner(
-        "iptables-sync",
-        do_sync,
-        min_interval=config.min_sync_period,
-        max_interval=config.sync_period,
-    )
-
-    async def watch() -> None:
+    async def watch(wake: Callable[[], None], stop: asyncio.Event) -> None:
         while not stop.is_set():
             await watcher.wait_for_change(stop)
             if not stop.is_set():
                 log.info("manifests changed in %s", config.manifests_dir)
-                observe.queued()
-                runner.request()
+                wake()
 
-    tasks: list[asyncio.Task[object]] = [
-        asyncio.create_task(runner.run(stop), name="sync-runner"),
-        asyncio.create_task(watch(), name="manifest-watch"),
-    ]
-    stopper: asyncio.Task[object] = asyncio.create_task(stop.wait(), name="stop")
-    done, _ = await asyncio.wait(
-        [*tasks, stopper],
-        return_when=asyncio.FIRST_COMPLETED,
+    observe = Observability(config)
+    observe.start()
+    return await run_daemon(
+        config,
+        agent,
+        [SourceTask("manifest-watch", watch)],
+        stop=stop,
+        observe=observe,
     )
-    stop.set()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    observe.stop()
-    for task in done:
-        if task.get_name() != "stop" and task.exception() is not None:
-            log.error("task %s failed: %s", task.get_name(), task.exception())
-            return 1
-    log.info("stopping; rules are left in place (use `netagent cleanup` to remove them)")
-    return 0

@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 
 from netagent import __version__
-from netagent.config import IPTABLES_BACKENDS, PROXY_MODES, ConfigError, build_config
+from netagent.config import (
+    IPTABLES_BACKENDS,
+    OVERLAY_BACKENDS,
+    PROXY_MODES,
+    AgentConfig,
+    ConfigError,
+    build_config,
+)
 
 log = logging.getLogger("netagent")
 
@@ -46,6 +53,44 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--metrics-bind-address", dest="metrics_bind_address", help="default 127.0.0.1:10249"
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument("--master", help="API server URL (overrides the kubeconfig's server)")
+    p.add_argument(
+        "--legacy-endpoints",
+        dest="legacy_endpoints",
+        action="store_true",
+        default=None,
+        help="watch core/v1 Endpoints instead of EndpointSlices (very old clusters)",
+    )
+    p.add_argument(
+        "--overlay",
+        dest="overlay_backend",
+        choices=OVERLAY_BACKENDS,
+        help="pod network between nodes: none (default), vxlan or host-gw",
+    )
+    p.add_argument("--iface", dest="overlay_iface", help="underlay interface (default route's)")
+    p.add_argument(
+        "--public-ip", dest="overlay_public_ip", help="underlay IP to publish (multi-NIC hosts)"
+    )
+    p.add_argument("--subnet-len", dest="overlay_subnet_len", type=int, help="default 24")
+    p.add_argument(
+        "--direct-routing",
+        dest="overlay_direct_routing",
+        action="store_true",
+        default=None,
+        help="vxlan: plain routes to peers on the same L2 segment",
+    )
+    p.add_argument(
+        "--annotation-prefix",
+        dest="overlay_annotation_prefix",
+        help="Node annotation prefix (default flannel.alpha.coreos.com)",
+    )
+    p.add_argument("--subnet-file", dest="subnet_file", help="default /run/flannel/subnet.env")
+    p.add_argument(
+        "--cni-conf-file",
+        dest="cni_conf_file",
+        help="default /etc/cni/net.d/10-netagent.conflist; empty to not write one",
     )
     p.add_argument(
         "--no-localhost-nodeports",
@@ -120,6 +165,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "localhost_nodeports",
             "healthz_bind_address",
             "metrics_bind_address",
+            "kubeconfig",
+            "master",
+            "legacy_endpoints",
+            "overlay_backend",
+            "overlay_iface",
+            "overlay_public_ip",
+            "overlay_subnet_len",
+            "overlay_direct_routing",
+            "overlay_annotation_prefix",
+            "subnet_file",
+            "cni_conf_file",
         )
     }
     try:
@@ -131,17 +187,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         log.error("config field nodeName: required (--node-name or $NODE_NAME)")
         return 2
     if config.manifests_dir is None:
-        log.error(
-            "no object source: pass --manifests DIR (watching the Kubernetes API is not "
-            "available in this version)"
-        )
-        return 2
+        if args.once:
+            log.error("--once needs --manifests DIR (API mode runs until stopped)")
+            return 2
+        return _run_api(config)
     if not config.manifests_dir.is_dir():
         log.error("config field manifestsDir: %s is not a directory", config.manifests_dir)
         return 2
     if args.once:
         return agent.run_once(config)
     return asyncio.run(agent.run_forever(config))
+
+
+def _run_api(config: AgentConfig) -> int:
+    from netagent import api_agent
+    from netagent.sources.kubeconfig import KubeconfigError
+
+    try:
+        client = api_agent.api_client(config)
+    except KubeconfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if config.overlay_backend != "none":
+        log.error("config field overlayBackend: the overlay is not available in this build yet")
+        return 2
+    return asyncio.run(api_agent.run_api(config, client=client))
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from netagent.model import IPNetwork, ProxyConfig
 
 PROXY_MODES = ("iptables",)
 IPTABLES_BACKENDS = ("auto", "nft", "legacy")
+OVERLAY_BACKENDS = ("none", "vxlan", "host-gw")
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,20 @@ class AgentConfig:
         localhost_nodeports: Accept NodePorts on 127.0.0.1 (sets route_localnet).
         healthz_bind_address: host:port of /healthz and /livez.
         metrics_bind_address: host:port of /metrics.
+        kubeconfig: kubeconfig file for the API (default: in-cluster, then
+            $KUBECONFIG / ~/.kube/config).
+        master: API server URL; overrides the kubeconfig's server (like
+            kube-proxy's ``--master``), with no credentials when alone.
+        legacy_endpoints: Watch core/v1 Endpoints instead of EndpointSlices.
+        overlay_backend: ``none`` (proxy only), ``vxlan`` or ``host-gw``.
+        overlay_iface: Underlay interface (default: the default route's).
+        overlay_public_ip: Underlay IP published to peers (default: the
+            interface's first IPv4 address).
+        overlay_subnet_len: Prefix length of each node's pod CIDR.
+        overlay_direct_routing: VXLAN backend: plain routes to same-L2 peers.
+        overlay_annotation_prefix: Node annotation prefix (flannel's default).
+        subnet_file: Where the flannel-compatible subnet.env is written.
+        cni_conf_file: Where the CNI conflist is written (empty: not written).
     """
 
     node_name: str = ""
@@ -70,6 +85,17 @@ class AgentConfig:
     localhost_nodeports: bool = True
     healthz_bind_address: str = "0.0.0.0:10256"
     metrics_bind_address: str = "127.0.0.1:10249"
+    kubeconfig: Path | None = None
+    master: str | None = None
+    legacy_endpoints: bool = False
+    overlay_backend: str = "none"
+    overlay_iface: str | None = None
+    overlay_public_ip: ipaddress.IPv4Address | None = None
+    overlay_subnet_len: int = 24
+    overlay_direct_routing: bool = False
+    overlay_annotation_prefix: str = "flannel.alpha.coreos.com"
+    subnet_file: Path = Path("/run/flannel/subnet.env")
+    cni_conf_file: Path | None = Path("/etc/cni/net.d/10-netagent.conflist")
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def proxy_config(self) -> ProxyConfig:
@@ -98,6 +124,17 @@ _YAML_KEYS = {
     "localhostNodePorts": "localhost_nodeports",
     "healthzBindAddress": "healthz_bind_address",
     "metricsBindAddress": "metrics_bind_address",
+    "kubeconfig": "kubeconfig",
+    "master": "master",
+    "legacyEndpoints": "legacy_endpoints",
+    "overlayBackend": "overlay_backend",
+    "overlayIface": "overlay_iface",
+    "overlayPublicIP": "overlay_public_ip",
+    "overlaySubnetLen": "overlay_subnet_len",
+    "overlayDirectRouting": "overlay_direct_routing",
+    "overlayAnnotationPrefix": "overlay_annotation_prefix",
+    "subnetFile": "subnet_file",
+    "cniConfFile": "cni_conf_file",
 }
 _ATTR_TO_KEY = {v: k for k, v in _YAML_KEYS.items()}
 
@@ -167,8 +204,47 @@ def _coerce(attr: str, value: object) -> object:
         return _cidrs(key, value)
     if attr in ("min_sync_period", "sync_period"):
         return _seconds(key, value)
-    if attr in ("masquerade_all", "localhost_nodeports"):
+    if attr in (
+        "masquerade_all",
+        "localhost_nodeports",
+        "legacy_endpoints",
+        "overlay_direct_routing",
+    ):
         return _bool(key, value)
+    if attr == "overlay_backend":
+        if value not in OVERLAY_BACKENDS:
+            raise ConfigError(key, f"must be one of {', '.join(OVERLAY_BACKENDS)}, got {value!r}")
+        return value
+    if attr == "overlay_subnet_len":
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(key, f"must be an integer 16-30, got {value!r}")
+        try:
+            length = int(value)
+        except ValueError:
+            raise ConfigError(key, f"must be an integer 16-30, got {value!r}") from None
+        if not 16 <= length <= 30:
+            raise ConfigError(key, f"must be an integer 16-30, got {value!r}")
+        return length
+    if attr == "overlay_public_ip":
+        try:
+            return ipaddress.IPv4Address(str(value).strip())
+        except ValueError:
+            raise ConfigError(key, f"must be an IPv4 address, got {value!r}") from None
+    if attr in ("kubeconfig", "subnet_file"):
+        if value in (None, ""):
+            raise ConfigError(key, "must be a file path")
+        return Path(str(value))
+    if attr == "cni_conf_file":
+        return None if value in (None, "") else Path(str(value))
+    if attr == "master":
+        text = str(value).strip()
+        if not text.startswith(("http://", "https://")):
+            raise ConfigError(key, f"must be an http:// or https:// URL, got {value!r}")
+        return text
+    if attr in ("overlay_iface", "overlay_annotation_prefix"):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+        return value.strip()
     if attr == "masquerade_bit":
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ConfigError(key, f"must be an integer 0-31, got {value!r}")
@@ -244,5 +320,20 @@ def build_config(
         raise ConfigError(
             "minSyncPeriod",
             f"{config.min_sync_period}s is longer than syncPeriod {config.sync_period}s",
+        )
+    if config.overlay_backend != "none":
+        v4 = [c for c in config.cluster_cidrs if c.version == 4]
+        if not v4:
+            raise ConfigError(
+                "clusterCIDR", f"overlayBackend {config.overlay_backend} needs an IPv4 cluster CIDR"
+            )
+        if config.overlay_subnet_len <= v4[0].prefixlen:
+            raise ConfigError(
+                "overlaySubnetLen",
+                f"/{config.overlay_subnet_len} is not smaller than the cluster CIDR {v4[0]}",
+            )
+    if config.overlay_backend != "none" and config.manifests_dir is not None:
+        raise ConfigError(
+            "overlayBackend", "the overlay needs the Kubernetes API (it claims pod CIDRs on Nodes)"
         )
     return config

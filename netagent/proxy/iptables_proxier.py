@@ -15,16 +15,39 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from netagent.model import IPFamily, ProxyState
 from netagent.proxy.conntrack import Conntrack, stale_udp_flows
 from netagent.proxy.iptables_apply import ApplyResult, IptablesApplier
 from netagent.proxy.iptables_render import render_iptables
-from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
 from netagent.proxy.iptables_runner import IptablesRunner
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraRules:
+    """Owned chains (table -> chain -> rule lines) and their jumps, added to a sync."""
+
+    tables: Mapping[str, Mapping[str, tuple[str, ...]]]
+    jumps: tuple[JumpRule, ...] = ()
+
+
+def merge_rendered(rendered: RenderedIptables, extra: ExtraRules) -> RenderedIptables:
+    """``rendered`` plus ``extra``'s chains and jumps (a chain name may not appear in both)."""
+    tables = {table: dict(chains) for table, chains in rendered.tables.items()}
+    for table, chains in extra.tables.items():
+        target = tables.setdefault(table, {})
+        for chain, rules in chains.items():
+            if chain in target:
+                raise ValueError(f"chain {chain} in table {table} is rendered twice")
+            target[chain] = tuple(rules)
+    return RenderedIptables(
+        family=rendered.family, tables=tables, jumps=rendered.jumps + tuple(extra.jumps)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +82,26 @@ class IptablesProxier:
         """True after a failure, before the first sync, or when the canary is gone."""
         return self._previous is None or self._applier.needs_full_sync
 
-    def sync(self, state: ProxyState, *, full: bool = False) -> SyncResult:
-        """Render ``state`` and apply it; raise on failure (the next sync is then full)."""
+    def sync(
+        self,
+        state: ProxyState,
+        *,
+        full: bool = False,
+        extra: ExtraRules | None = None,
+    ) -> SyncResult:
+        """Render ``state`` and apply it; raise on failure (the next sync is then full).
+
+        ``extra`` adds other owned chains (the overlay's masquerade and
+        forward rules) to the same payload, so a sync is still one atomic
+        iptables-restore whatever it carries.
+        """
         if state.family is not self.family:
             raise ValueError(f"proxier for {self.family.value} got a {state.family.value} state")
         full = full or self.needs_full_sync
         t0 = time.perf_counter()
         rendered = render_iptables(state)
+        if extra is not None and (extra.tables or extra.jumps):
+            rendered = merge_rendered(rendered, extra)
         t1 = time.perf_counter()
         result = self._applier.apply(rendered, full=full)
         t2 = time.perf_counter()

@@ -667,8 +667,7 @@ class Reflector(Generic[T]):
                 changes += 1
                 self._emit(key, old, new)
         first = not self._synced.is_set()
-        log.log(
-            logging.INFO if first or changes else logging.DEBUG,
+        log.info(
             "%s %s: %d objects at resourceVersion %s, %d changes",
             self.kind,
             "listed" if first else "relisted",

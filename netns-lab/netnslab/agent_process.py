@@ -15,7 +15,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,15 @@ def run_netagent(ns: str, python: str, args: Sequence[str], *, timeout: float = 
 class AgentHandle:
     """A long-running ``netagent run`` in the node namespace, its log in a file."""
 
-    def __init__(self, ns: str, python: str, args: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        ns: str,
+        python: str,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.argv = exec_argv(ns, netagent_argv(python, args))
         self.log_path = log_path
         with open(log_path, "wb") as out:
@@ -83,7 +91,7 @@ class AgentHandle:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=_env(),
+                env={**_env(), **(env or {})},
             )
         log.debug("started agent pid %d: %s", self.proc.pid, " ".join(self.argv))
 

@@ -1,0 +1,100 @@
+"""Fault injection and the request log: injected errors, pauses, and who asked what.
+
+Why it exists: an agent's retry, backoff and resume logic only runs when the
+API server misbehaves. Tests need to make it misbehave on demand (the next N
+requests fail with 500 or 429 + Retry-After, requests hang for a while) and
+then prove what the agent did about it by reading the request log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class ErrorFault:
+    status: int
+    remaining: int
+    retry_after: int | None
+    path_prefix: str | None
+
+
+class Faults:
+    """Thread-safe fault settings and the bounded request log."""
+
+    def __init__(self, log_size: int = 10000) -> None:
+        self._lock = threading.Lock()
+        self._errors: list[ErrorFault] = []
+        self._pause_until = 0.0
+        self._resumed = threading.Condition(self._lock)
+        self._log: deque[dict[str, Any]] = deque(maxlen=log_size)
+
+    # -- injected errors ------------------------------------------------------------
+
+    def inject_errors(self, status: int, count: int, retry_after: int | None = None,
+                      path_prefix: str | None = None) -> None:
+        """The next ``count`` API requests (under ``path_prefix`` if given) get ``status``."""
+        if status < 400 or status > 599:
+            raise ValueError(f"status must be an HTTP error code, not {status}")
+        with self._lock:
+            if count > 0:
+                self._errors.append(ErrorFault(status, count, retry_after, path_prefix))
+
+    def take_error(self, path: str) -> ErrorFault | None:
+        """Consume one injected error matching ``path``, if any."""
+        with self._lock:
+            for fault in self._errors:
+                if fault.path_prefix and not path.startswith(fault.path_prefix):
+                    continue
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._errors.remove(fault)
+                return ErrorFault(fault.status, 0, fault.retry_after, fault.path_prefix)
+        return None
+
+    def clear_errors(self) -> None:
+        with self._lock:
+            self._errors.clear()
+
+    # -- pauses ---------------------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        """Hold API requests that arrive during the next ``seconds``."""
+        with self._lock:
+            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._pause_until = 0.0
+            self._resumed.notify_all()
+
+    def wait_if_paused(self) -> float:
+        """Block while a pause is active; returns the seconds held."""
+        start = time.monotonic()
+        with self._lock:
+            while True:
+                left = self._pause_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._resumed.wait(left)
+        return time.monotonic() - start
+
+    # -- request log ----------------------------------------------------------------
+
+    def record(self, when: float, method: str, path: str, query: str, status: int,
+               watch: bool) -> None:
+        with self._lock:
+            self._log.append({"time": when, "method": method, "path": path, "query": query,
+                              "status": status, "watch": watch})
+
+    def requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._log]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._log.clear()
