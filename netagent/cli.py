@@ -102,10 +102,14 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser(
+    p = sub.add_parser(
         "cleanup",
-        help="remove every rule and chain netagent created (both iptables backends, both families)",
+        help="remove every rule, chain, route and device netagent created, and its files",
     )
+    p.add_argument("--subnet-file", default="/run/flannel/subnet.env")
+    p.add_argument("--cni-conf-file", default="/etc/cni/net.d/10-netagent.conflist")
+    p.add_argument("--bridge", default="cbr0")
+    p.add_argument("--vni", type=int, default=1)
 
 
 def _add_debug(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -208,10 +212,12 @@ def _run_api(config: AgentConfig) -> int:
     except KubeconfigError as exc:
         log.error("%s", exc)
         return 2
+    network = None
     if config.overlay_backend != "none":
-        log.error("config field overlayBackend: the overlay is not available in this build yet")
-        return 2
-    return asyncio.run(api_agent.run_api(config, client=client))
+        from netagent.overlay.agent import OverlayNetwork
+
+        network = OverlayNetwork.from_config(config, client)
+    return asyncio.run(api_agent.run_api(config, client=client, network=network))
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
@@ -233,7 +239,27 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
                 status = 1
                 continue
             log.info("cleanup %s %s: %s", family.value, backend, report)
-    return status
+    return max(status, _cleanup_overlay(args))
+
+
+def _cleanup_overlay(args: argparse.Namespace) -> int:
+    from netagent.overlay.cni_files import remove_files
+    from netagent.overlay.kernel import PyrouteOverlayKernel
+    from netagent.overlay.model import VxlanSettings
+    from netagent.overlay.reconcile import remove_all
+
+    kernel = PyrouteOverlayKernel()
+    try:
+        report = remove_all(
+            kernel, vxlan_name=VxlanSettings(vni=args.vni).device, bridge=args.bridge
+        )
+    finally:
+        kernel.close()
+    removed = remove_files([Path(args.subnet_file), Path(args.cni_conf_file)])
+    log.info("cleanup overlay: %s; files removed: %s", report.summary(), [str(p) for p in removed])
+    for failure in report.failures:
+        log.error("cleanup overlay: %s", failure)
+    return 1 if report.failures else 0
 
 
 def _cmd_debug(args: argparse.Namespace) -> int:

@@ -76,14 +76,26 @@ def render_overlay_rules(
         ]
         if local_subnet is not None:
             rules.append(
-                _rule(post, f"! -s {network} -d {local_subnet} ", "to local pods, source kept",
-                      "RETURN")
+                _rule(
+                    post,
+                    f"! -s {network} -d {local_subnet} ",
+                    "to local pods, source kept",
+                    "RETURN",
+                )
             )
         rules += [
-            _rule(post, f"-s {network} ! -d {MULTICAST} ", "pod to outside",
-                  "MASQUERADE --random-fully"),
-            _rule(post, f"! -s {network} -d {network} ", "to remote pods from outside",
-                  "MASQUERADE --random-fully"),
+            _rule(
+                post,
+                f"-s {network} ! -d {MULTICAST} ",
+                "pod to outside",
+                "MASQUERADE --random-fully",
+            ),
+            _rule(
+                post,
+                f"! -s {network} -d {network} ",
+                "to remote pods from outside",
+                "MASQUERADE --random-fully",
+            ),
         ]
         nat = tuple(rules)
     fwd = (

@@ -761,6 +761,25 @@ class ClusterLab:
         self.down()
 
 
+CURRENT_CLUSTER = STATE_DIR / "current-cluster"
+
+
+def down_detached(suffix: str) -> list[str]:
+    """Remove a detached cluster lab made by another process; the namespaces removed.
+
+    Every process of the lab (API server, forwarder, agents, echo servers)
+    lives in one of its namespaces, so deleting them stops everything.
+    """
+    record = RunRecord.load(suffix)
+    if record is None:
+        raise LookupError(f"no run record for lab {suffix}")
+    removed = [ns for ns in reversed(record.namespaces) if delete_namespace(ns)]
+    if record.workdir:
+        shutil.rmtree(record.workdir, ignore_errors=True)
+    record.remove()
+    return removed
+
+
 def pod_status(ip: str, ready: bool) -> dict[str, Any]:
     """A Running pod's status as a kubelet reports it."""
     return {

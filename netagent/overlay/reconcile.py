@@ -1,0 +1,284 @@
+"""Per-object reconciliation of the overlay against a kernel dump: update, delete, prune.
+
+Why per object, not "rebuild everything": routes, neighbour and FDB entries
+carry live traffic. Deleting and re-adding all of them on every sync would
+drop packets for nothing, and one failing entry would block the rest. Each
+pass therefore dumps only what netagent owns (see :mod:`netagent.overlay.kernel`),
+compares it with the plan, and touches only the differences, one object at
+a time: a failure is recorded with the object and the reason, and the pass
+goes on. The next pass retries whatever is still different, which is also
+how drift is repaired (an entry deleted by hand, a VXLAN device deleted or
+reconfigured by someone else).
+
+Order, because the kernel takes each entry at its word:
+
+1. devices first (the bridge, then the VXLAN device: entries need them);
+2. routes that must go are deleted before anything else changes, so no
+   route ever points at a neighbour entry that is being removed;
+3. then, per peer, FDB before neighbour before route: the route is the entry
+   that attracts traffic, so it is added last, when the frame's inner
+   destination MAC (neighbour) and the outer destination IP (FDB) are known;
+   otherwise the first packets would be dropped or ARPed into the tunnel;
+4. stale neighbour and FDB entries are removed last, in that order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from netagent.overlay.kernel import LinkState, OverlayKernel
+from netagent.overlay.model import RouteEntry
+from netagent.overlay.plan import DesiredOverlay, VxlanDevice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    """What one pass did: counts per (action, kind) and the failures."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    def note(self, action: str, kind: str) -> None:
+        """Count one change."""
+        self.counts[f"{action} {kind}"] += 1
+
+    @property
+    def changed(self) -> bool:
+        """Anything was written."""
+        return bool(self.counts)
+
+    def summary(self) -> str:
+        """``added 2 route, removed 1 fdb`` and the failure count."""
+        parts = [f"{k.split()[0]} {v} {k.split()[1]}" for k, v in sorted(self.counts.items())]
+        if self.failures:
+            parts.append(f"{len(self.failures)} failed")
+        return ", ".join(parts) or "no changes"
+
+
+def _vxlan_matches(link: LinkState, want: VxlanDevice, underlay_index: int | None) -> bool:
+    """Whether the existing device can be kept (MTU and MAC are fixed in place)."""
+    return (
+        link.kind == "vxlan"
+        and link.vni == want.vni
+        and link.port == want.port
+        and link.local == want.local
+        and link.learning is False
+        and (underlay_index is None or link.underlay_index == underlay_index)
+    )
+
+
+class OverlayReconciler:
+    """Brings the kernel to a :class:`DesiredOverlay`, one object at a time."""
+
+    def __init__(self, kernel: OverlayKernel) -> None:
+        self.kernel = kernel
+
+    def _try(self, report: ReconcileReport, what: str, action: str, kind: str, fn: object) -> bool:
+        try:
+            fn()  # type: ignore[operator]
+        except Exception as exc:
+            report.failures.append(f"{action} {kind} {what}: {exc}")
+            return False
+        report.note(action, kind)
+        return True
+
+    def _addresses(
+        self,
+        report: ReconcileReport,
+        device: str,
+        want: ipaddress.IPv4Interface,
+        network: ipaddress.IPv4Network,
+    ) -> None:
+        have = self.kernel.addresses(device)
+        if want not in have:
+            self._try(
+                report,
+                f"{want} on {device}",
+                "added",
+                "address",
+                lambda: self.kernel.add_address(device, want),
+            )
+        for stale in sorted(have - {want}):
+            # Only addresses from the cluster network (an old pod CIDR) are ours to remove.
+            if stale.ip in network:
+                self._try(
+                    report,
+                    f"{stale} on {device}",
+                    "removed",
+                    "address",
+                    lambda stale=stale: self.kernel.delete_address(device, stale),
+                )
+
+    def _bridge(self, report: ReconcileReport, desired: DesiredOverlay) -> None:
+        want = desired.bridge
+        link = self.kernel.link(want.name)
+        if link is None:
+            self._try(
+                report,
+                want.name,
+                "created",
+                "bridge",
+                lambda: self.kernel.create_bridge(want.name, want.mtu),
+            )
+        elif link.kind != "bridge":
+            report.failures.append(f"{want.name} exists and is a {link.kind or 'plain'} link")
+            return
+        elif link.mtu != want.mtu or not link.up:
+            self._try(
+                report,
+                want.name,
+                "repaired",
+                "bridge",
+                lambda: self.kernel.set_link(want.name, mtu=want.mtu),
+            )
+        self._addresses(report, want.name, want.address, desired.network)
+
+    def _vxlan(self, report: ReconcileReport, desired: DesiredOverlay) -> bool:
+        """Ensure (or remove) the VXLAN device; False when it is not usable."""
+        want = desired.vxlan
+        link = self.kernel.link(desired.vxlan_name)
+        if want is None:
+            if link is not None and link.owned:
+                self._try(
+                    report,
+                    desired.vxlan_name,
+                    "removed",
+                    "vxlan",
+                    lambda: self.kernel.delete_link(desired.vxlan_name),
+                )
+            return False
+        underlay = self.kernel.link_index(want.underlay_device)
+        if link is not None and not _vxlan_matches(link, want, underlay):
+            if not link.owned and link.kind != "vxlan":
+                report.failures.append(f"{want.name} exists and is not a VXLAN device")
+                return False
+            log.warning("VXLAN device %s is misconfigured; recreating it", want.name)
+            if not self._try(
+                report, want.name, "removed", "vxlan", lambda: self.kernel.delete_link(want.name)
+            ):
+                return False
+            link = None
+        if link is None:
+            return self._try(
+                report,
+                want.name,
+                "created",
+                "vxlan",
+                lambda: self.kernel.create_vxlan(
+                    want.name,
+                    vni=want.vni,
+                    port=want.port,
+                    local=want.local,
+                    underlay_device=want.underlay_device,
+                    mtu=want.mtu,
+                    mac=want.mac,
+                ),
+            )
+        mac = want.mac if want.mac and want.mac.lower() != link.mac.lower() else None
+        if link.mtu != want.mtu or mac is not None or not link.up:
+            self._try(
+                report,
+                want.name,
+                "repaired",
+                "vxlan",
+                lambda: self.kernel.set_link(want.name, mtu=want.mtu, mac=mac),
+            )
+        return True
+
+    def reconcile(self, desired: DesiredOverlay) -> ReconcileReport:
+        """One pass; never raises for a single object (see the report's failures)."""
+        report = ReconcileReport()
+        k = self.kernel
+        self._bridge(report, desired)
+        vxlan_ok = self._vxlan(report, desired)
+        if vxlan_ok and desired.vxlan is not None:
+            self._addresses(report, desired.vxlan.name, desired.vxlan.address, desired.network)
+
+        want_routes = {r.destination: r for r in desired.routes}
+        have_routes = {r.destination: r for r in k.routes()}
+        # 2. routes that must go, first.
+        for dest, route in sorted(have_routes.items()):
+            if dest not in want_routes:
+                self._try(report, str(dest), "removed", "route", lambda r=route: k.delete_route(r))
+
+        dev = desired.vxlan_name
+        have_fdb = k.fdb(dev) if vxlan_ok else set()
+        have_neigh = {n.address: n for n in k.neighbours(dev)} if vxlan_ok else {}
+        # 3. FDB, then neighbour, then route, per peer.
+        if vxlan_ok:
+            for fdb_entry in desired.fdb:
+                if fdb_entry not in have_fdb:
+                    self._try(
+                        report, fdb_entry.mac, "added", "fdb", lambda e=fdb_entry: k.add_fdb(e)
+                    )
+            for entry in desired.neigh:
+                if have_neigh.get(entry.address) != entry:
+                    self._try(
+                        report,
+                        str(entry.address),
+                        "added",
+                        "neigh",
+                        lambda e=entry: k.replace_neigh(e),
+                    )
+        for route in desired.routes:
+            if route.device == dev and not vxlan_ok:
+                continue  # its device is missing; the next pass retries
+            if have_routes.get(route.destination) != route:
+                self._try(
+                    report,
+                    str(route.destination),
+                    "added",
+                    "route",
+                    lambda r=route: k.replace_route(r),
+                )
+        # 4. stale neighbour and FDB entries, last.
+        if vxlan_ok:
+            wanted_neigh = {n.address for n in desired.neigh}
+            for address, entry in sorted(have_neigh.items()):
+                if address not in wanted_neigh:
+                    self._try(
+                        report,
+                        str(address),
+                        "removed",
+                        "neigh",
+                        lambda e=entry: k.delete_neigh(e),
+                    )
+            for stale in sorted(have_fdb - set(desired.fdb)):
+                self._try(report, stale.mac, "removed", "fdb", lambda e=stale: k.delete_fdb(e))
+        return report
+
+
+def remove_all(kernel: OverlayKernel, *, vxlan_name: str, bridge: str) -> ReconcileReport:
+    """``netagent cleanup``: every owned route, and the devices netagent created.
+
+    A device of the same name that netagent did not create (no owner alias)
+    is left alone, as are all routes of other protocols.
+    """
+    report = ReconcileReport()
+    for route in sorted(kernel.routes(), key=lambda r: (str(r.destination), r.device)):
+        try:
+            kernel.delete_route(route)
+            report.note("removed", "route")
+        except Exception as exc:
+            report.failures.append(f"remove route {route.destination}: {exc}")
+    for name in (vxlan_name, bridge):
+        link = kernel.link(name)
+        if link is None:
+            continue
+        if not link.owned:
+            log.info("cleanup: leaving %s alone (netagent did not create it)", name)
+            continue
+        try:
+            kernel.delete_link(name)
+            report.note("removed", "link")
+        except Exception as exc:
+            report.failures.append(f"remove link {name}: {exc}")
+    return report
+
+
+__all__ = ["OverlayReconciler", "ReconcileReport", "RouteEntry", "remove_all"]
