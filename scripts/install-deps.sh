@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   iptables ipset nftables conntrack iproute2 procps   # the kernel interfaces netagent drives
-  iperf3 ethtool tcpdump socat                         # lab traffic, offload settings, captures
+  iperf3 ethtool tcpdump socat iputils-ping            # lab traffic, offload settings, captures
   python3 python3-venv python3-pip python3-dev gcc     # the agent's runtime and venv
 )
 

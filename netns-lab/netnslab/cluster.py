@@ -607,18 +607,26 @@ class ClusterLab:
             },
         )
 
+    def serve_outside(self) -> None:
+        """Run an echo server in the outside namespace (to see what source a pod's traffic has)."""
+        if "outside" not in self._servers:
+            self._spawn_echo_in("outside", self.outside_ns)
+
     def _spawn_echo(self, pod: ClusterPod) -> None:
-        argv = [self.python, "-I", "-S", str(ECHO_SCRIPT), "--name", pod.name]
+        self._spawn_echo_in(pod.name, pod.ns)
+
+    def _spawn_echo_in(self, name: str, ns: str) -> None:
+        argv = [self.python, "-I", "-S", str(ECHO_SCRIPT), "--name", name]
         argv += ["--tcp", ",".join(map(str, ECHO_PORTS)), "--udp", ",".join(map(str, ECHO_PORTS))]
-        with open(self.workdir / f"echo-{pod.name}.log", "wb") as err:
+        with open(self.workdir / f"echo-{name}.log", "wb") as err:
             proc = subprocess.Popen(
-                exec_argv(pod.ns, argv),
+                exec_argv(ns, argv),
                 stdout=subprocess.PIPE,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self._servers[pod.name] = proc
+        self._servers[name] = proc
         assert proc.stdout is not None
         try:
             line = traffic.LineReader(proc.stdout.fileno()).readline(10.0)
@@ -627,7 +635,7 @@ class ClusterLab:
         finally:
             proc.stdout.close()
         if line != "READY":
-            raise RuntimeError(f"echo server in pod {pod.name} did not start: {line!r}")
+            raise RuntimeError(f"echo server {name} in {ns} did not start: {line!r}")
 
     # ---- services --------------------------------------------------------------------------
 
