@@ -7,7 +7,8 @@ The sync (in a worker thread, never on the event loop) drains the tracker
 atomically, builds each family's desired state from the *complete* current
 object set, and applies it with one iptables-restore. Because every drain
 carries the complete set, a failed sync loses nothing: the next one (full,
-as the proxier forces after a failure) simply applies the newer state.
+as the daemon forces after any failure, in the overlay step as much as in
+iptables-restore) simply applies the newer state.
 
 Safety rules this module enforces:
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from netagent import __version__
@@ -106,8 +106,14 @@ def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "cleanup",
         help="remove every rule, chain, route and device netagent created, and its files",
     )
-    p.add_argument("--subnet-file", default="/run/flannel/subnet.env")
-    p.add_argument("--cni-conf-file", default="/etc/cni/net.d/10-netagent.conflist")
+    p.add_argument(
+        "--subnet-file", default="/run/flannel/subnet.env", help="empty: no file to remove"
+    )
+    p.add_argument(
+        "--cni-conf-file",
+        default="/etc/cni/net.d/10-netagent.conflist",
+        help="empty: no conflist to remove (as with run)",
+    )
     p.add_argument("--bridge", default="cbr0")
     p.add_argument("--vni", type=int, default=1)
 
@@ -203,10 +209,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(agent.run_forever(config))
 
 
+def _check_underlay(config: AgentConfig) -> ConfigError | None:
+    """Look the overlay's underlay up once, before anything starts; the error, if any.
+
+    The overlay looks it up again at its first sync. Checking here too turns a
+    bad ``--iface``/``--public-ip`` into a config error (exit 2) instead of a
+    first sync that fails, and blocks the Service rules with it, forever.
+    """
+    from netagent.overlay import underlay
+
+    try:
+        found = underlay.find_underlay(
+            iface=config.overlay_iface, public_ip=config.overlay_public_ip
+        )
+    except underlay.UnderlayError as exc:
+        return ConfigError(exc.key, str(exc))
+    log.debug("overlay underlay: %s, public IP %s", found.device, found.address)
+    return None
+
+
 def _run_api(config: AgentConfig) -> int:
     from netagent import api_agent
     from netagent.sources.kubeconfig import KubeconfigError
 
+    if config.overlay_backend != "none":
+        error = _check_underlay(config)
+        if error is not None:
+            log.error("%s", error)
+            return 2
     try:
         client = api_agent.api_client(config)
     except KubeconfigError as exc:
@@ -221,29 +251,57 @@ def _run_api(config: AgentConfig) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
+    """Every part that can run does; 1 at the end if any part failed (each says why)."""
+    parts: tuple[tuple[str, Callable[[], bool]], ...] = (
+        ("iptables rules", _cleanup_iptables),
+        ("overlay routes and devices", lambda: _cleanup_overlay(args)),
+        ("files", lambda: _cleanup_files(args)),
+    )
+    failed: list[str] = []
+    for name, part in parts:
+        try:
+            ok = part()
+        except Exception as exc:  # one part's failure must not keep the others from running
+            log.error("cleanup of %s failed: %s: %s", name, type(exc).__name__, exc)
+            ok = False
+        if not ok:
+            failed.append(name)
+    if failed:
+        log.error("cleanup incomplete: %s not (fully) removed, see above", ", ".join(failed))
+        return 1
+    return 0
+
+
+def _cleanup_iptables() -> bool:
+    """netagent's chains and jumps with every installed backend and family; False on a failure."""
     from netagent.model import IPFamily
     from netagent.proxy.iptables_apply import IptablesApplier
-    from netagent.proxy.iptables_runner import IptablesError, SubprocessIptables
+    from netagent.proxy.iptables_runner import SubprocessIptables
 
-    status = 0
+    ok = True
+    cleaned_any = False
     for backend in ("nft", "legacy"):
         for family in (IPFamily.IPV4, IPFamily.IPV6):
             runner = SubprocessIptables(family=family, backend=backend)
             if not runner.available():
                 log.debug("cleanup: %s %s tools not installed, skipped", family.value, backend)
                 continue
+            cleaned_any = True
             try:
                 report = IptablesApplier.cleanup(runner)
-            except IptablesError as exc:
+            except Exception as exc:
                 log.error("cleanup of %s %s failed: %s", family.value, backend, exc)
-                status = 1
+                ok = False
                 continue
             log.info("cleanup %s %s: %s", family.value, backend, report)
-    return max(status, _cleanup_overlay(args))
+    if not cleaned_any:
+        log.error("iptables tools are not installed: netagent's iptables rules were not removed")
+        return False
+    return ok
 
 
-def _cleanup_overlay(args: argparse.Namespace) -> int:
-    from netagent.overlay.cni_files import remove_files
+def _cleanup_overlay(args: argparse.Namespace) -> bool:
+    """netagent's routes and the devices it created; False on a failure."""
     from netagent.overlay.kernel import PyrouteOverlayKernel
     from netagent.overlay.model import VxlanSettings
     from netagent.overlay.reconcile import remove_all
@@ -255,11 +313,31 @@ def _cleanup_overlay(args: argparse.Namespace) -> int:
         )
     finally:
         kernel.close()
-    removed = remove_files([Path(args.subnet_file), Path(args.cni_conf_file)])
-    log.info("cleanup overlay: %s; files removed: %s", report.summary(), [str(p) for p in removed])
+    log.info("cleanup overlay: %s", report.summary())
     for failure in report.failures:
         log.error("cleanup overlay: %s", failure)
-    return 1 if report.failures else 0
+    return not report.failures
+
+
+def _cleanup_files(args: argparse.Namespace) -> bool:
+    """subnet.env and the CNI conflist; an empty path means there is none to remove."""
+    from netagent.overlay.cni_files import remove_files
+
+    ok = True
+    files = (("--subnet-file", args.subnet_file), ("--cni-conf-file", args.cni_conf_file))
+    for flag, value in files:
+        if not value:
+            log.info("cleanup: %s is empty, no file to remove", flag)
+            continue
+        path = Path(value)
+        try:
+            removed = remove_files([path])
+        except OSError as exc:
+            log.error("cleanup: cannot remove %s (%s): %s", path, flag, exc)
+            ok = False
+            continue
+        log.info("cleanup: %s %s", "removed" if removed else "no file at", path)
+    return ok
 
 
 def _cmd_debug(args: argparse.Namespace) -> int:
@@ -285,9 +363,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "cleanup":
-        if not any(shutil.which(t) for t in ("iptables-restore", "iptables-nft-restore")):
-            log.error("iptables tools are not installed")
-            return 1
         return _cmd_cleanup(args)
     if args.command == "debug":
         return _cmd_debug(args)

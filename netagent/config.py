@@ -3,7 +3,7 @@
 Why: configuration is input like any other, so it crosses the same kind of
 boundary as Kubernetes objects. Every field is checked once, here, and an
 invalid value stops the agent at start with a message naming the field
-(``config field syncPeriod: must be a positive duration in seconds, got -1``)
+(``config field syncPeriod: must be a positive duration, got '-1'``)
 instead of surfacing later as a strange rule. Flags take precedence over the
 file, as with kube-proxy's ``--config``.
 
@@ -14,6 +14,7 @@ operator can read them; docs/configuration.md lists every key.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -172,6 +173,8 @@ def _seconds(key: str, value: object) -> float:
         seconds = float(text) * scale
     except ValueError:
         raise ConfigError(key, f"must be a duration such as 1s or 30, got {value!r}") from None
+    if not math.isfinite(seconds):  # inf, nan, 1e999: a timer that never (or always) fires
+        raise ConfigError(key, f"must be a finite duration, got {value!r}")
     if not seconds > 0:
         raise ConfigError(key, f"must be a positive duration, got {value!r}")
     return seconds

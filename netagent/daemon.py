@@ -16,6 +16,12 @@ kube-proxy leaves them), and ``netagent cleanup`` removes them.
 ``ready`` gates the first write: until it returns True, a due sync does
 nothing and says why (debug log), so an agent whose initial lists have not
 completed never replaces a working ruleset with an empty one.
+
+Any exception from a sync (an iptables-restore, the overlay's start-up or
+reconcile, a Node annotation patch) makes the next sync full, whichever step
+raised: a sync that failed part-way may have left the kernel between two
+states (one family applied and not the other, routes changed and the rules
+not), and only a full sync re-reads and rewrites everything netagent owns.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ log = logging.getLogger(__name__)
 
 #: A periodic sync rewrites every chain at most this often (kube-proxy's full-sync period
 #: since its partial restores); the other periodic syncs are partial and cheap. Changes
-#: never wait for it: a failure, or a missing canary chain, forces a full sync at once.
+#: never wait for it: a failed sync (whatever raised), or a missing canary chain, forces a
+#: full sync at once.
 FULL_RESYNC_PERIOD = 3600.0
 
 
@@ -89,21 +96,25 @@ async def run_daemon(
     """Run the sync runner and the sources until ``stop``; 0 on a clean stop, 1 on a fatal error."""
     schedule = FullSyncSchedule(max(config.sync_period, FULL_RESYNC_PERIOD))
     waited_since: list[float] = []
+    previous_failed = False
 
     async def do_sync(periodic: bool) -> bool:
+        nonlocal previous_failed
         if not ready():
             if not waited_since:
                 waited_since.append(time.monotonic())
                 log.info("not writing rules yet: waiting for %s", waiting_for() or "the sources")
             return True  # not a failure: the source wakes the runner when it is ready
-        full = periodic and schedule.full_due()
+        full = previous_failed or (periodic and schedule.full_due())
         started = time.monotonic()
         try:
             results = await asyncio.to_thread(syncer.sync, full=full)
         except Exception as exc:
             log.error("sync failed, next sync will be full: %s", exc)
+            previous_failed = True
             observe.failed()
             return False
+        previous_failed = False
         if any(r.full for r in results):
             schedule.record_full(started, time.monotonic() - started)
         states, rendered = syncer.last_outcome()

@@ -225,7 +225,7 @@ class OverlayNetwork(NodeNetwork):
             log.info("overlay reconciled: %s", report.summary())
         for failure in report.failures:
             log.warning("overlay: %s", failure)
-        if not any(f"bridge {self.overlay.bridge}" in f for f in report.failures):
+        if report.bridge_ok:
             self._write_files(local)
 
     def _write_files(self, local: LocalNode) -> None:

@@ -42,6 +42,9 @@ class ReconcileReport:
 
     counts: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    #: cbr0 exists as a bridge and holds its address: pods can be attached, so
+    #: the CNI files (the CNI's "ready" signal) may be written.
+    bridge_ok: bool = False
 
     def note(self, action: str, kind: str) -> None:
         """Count one change."""
@@ -72,6 +75,29 @@ def _vxlan_matches(link: LinkState, want: VxlanDevice, underlay_index: int | Non
     )
 
 
+def _vxlan_differences(
+    link: LinkState, want: VxlanDevice, underlay_index: int | None
+) -> list[str]:
+    """What keeps a device netagent did not create from being used unchanged."""
+    if link.kind != "vxlan":
+        return [f"it is a {link.kind or 'plain'} link, not vxlan"]
+    wanted: list[tuple[str, object, object]] = [
+        ("vni", link.vni, want.vni),
+        ("port", link.port, want.port),
+        ("local", link.local, want.local),
+        ("learning", link.learning, False),
+        ("mtu", link.mtu, want.mtu),
+    ]
+    if underlay_index is not None:
+        wanted.append(("underlay ifindex", link.underlay_index, underlay_index))
+    if want.mac:
+        wanted.append(("mac", link.mac.lower(), want.mac.lower()))
+    out = [f"{name} {have} != {need}" for name, have, need in wanted if have != need]
+    if not link.up:
+        out.append("it is down")
+    return out
+
+
 class OverlayReconciler:
     """Brings the kernel to a :class:`DesiredOverlay`, one object at a time."""
 
@@ -93,10 +119,12 @@ class OverlayReconciler:
         device: str,
         want: ipaddress.IPv4Interface,
         network: ipaddress.IPv4Network,
-    ) -> None:
+    ) -> bool:
+        """Ensure ``want`` on ``device``, drop stale cluster addresses; False if ``want`` failed."""
         have = self.kernel.addresses(device)
+        ok = True
         if want not in have:
-            self._try(
+            ok = self._try(
                 report,
                 f"{want} on {device}",
                 "added",
@@ -113,21 +141,24 @@ class OverlayReconciler:
                     "address",
                     lambda stale=stale: self.kernel.delete_address(device, stale),
                 )
+        return ok
 
-    def _bridge(self, report: ReconcileReport, desired: DesiredOverlay) -> None:
+    def _bridge(self, report: ReconcileReport, desired: DesiredOverlay) -> bool:
+        """Ensure cbr0; True when it is a bridge holding its address afterwards."""
         want = desired.bridge
         link = self.kernel.link(want.name)
         if link is None:
-            self._try(
+            if not self._try(
                 report,
                 want.name,
                 "created",
                 "bridge",
                 lambda: self.kernel.create_bridge(want.name, want.mtu),
-            )
+            ):
+                return False
         elif link.kind != "bridge":
             report.failures.append(f"{want.name} exists and is a {link.kind or 'plain'} link")
-            return
+            return False
         elif link.mtu != want.mtu or not link.up:
             self._try(
                 report,
@@ -136,7 +167,7 @@ class OverlayReconciler:
                 "bridge",
                 lambda: self.kernel.set_link(want.name, mtu=want.mtu),
             )
-        self._addresses(report, want.name, want.address, desired.network)
+        return self._addresses(report, want.name, want.address, desired.network)
 
     def _vxlan(self, report: ReconcileReport, desired: DesiredOverlay) -> bool:
         """Ensure (or remove) the VXLAN device; False when it is not usable."""
@@ -153,10 +184,18 @@ class OverlayReconciler:
                 )
             return False
         underlay = self.kernel.link_index(want.underlay_device)
-        if link is not None and not _vxlan_matches(link, want, underlay):
-            if not link.owned and link.kind != "vxlan":
-                report.failures.append(f"{want.name} exists and is not a VXLAN device")
+        if link is not None and not link.owned:
+            # Someone else's device of this name (a CNI left-over, flannel's own):
+            # used only as it is, never deleted, recreated or reconfigured.
+            differs = _vxlan_differences(link, want, underlay)
+            if differs:
+                report.failures.append(
+                    f"{want.name} exists, was not created by netagent and differs "
+                    f"({', '.join(differs)}); delete it so netagent can create its own"
+                )
                 return False
+            return True
+        if link is not None and not _vxlan_matches(link, want, underlay):
             log.warning("VXLAN device %s is misconfigured; recreating it", want.name)
             if not self._try(
                 report, want.name, "removed", "vxlan", lambda: self.kernel.delete_link(want.name)
@@ -194,7 +233,7 @@ class OverlayReconciler:
         """One pass; never raises for a single object (see the report's failures)."""
         report = ReconcileReport()
         k = self.kernel
-        self._bridge(report, desired)
+        report.bridge_ok = self._bridge(report, desired)
         vxlan_ok = self._vxlan(report, desired)
         if vxlan_ok and desired.vxlan is not None:
             self._addresses(report, desired.vxlan.name, desired.vxlan.address, desired.network)

@@ -4,13 +4,17 @@ Why it matters: the public IP is what every peer sends VXLAN packets (or
 routes host-gw traffic) to, so a wrong pick on a multi-NIC host silently
 breaks cross-node traffic (a top flannel complaint). The choice, in order:
 
-1. ``--iface``: that device, its first IPv4 address unless ``--public-ip``;
+1. ``--iface``: that device, its first IPv4 address unless ``--public-ip``
+   (which must then be an address of that device: it is the VXLAN device's
+   ``local`` address and the next hop peers route host-gw traffic to);
 2. ``--public-ip`` alone: the device that holds that address;
 3. otherwise the device of the IPv4 default route and its first address.
 
 Whatever is chosen is logged at start and published on the Node, so a
 wrong pick is visible (``public-ip`` annotation) and overridable
-(``public-ip-overwrite`` on the Node, or the flags).
+(``public-ip-overwrite`` on the Node, or the flags). ``netagent run`` looks
+the underlay up once before it starts, so a bad ``--iface`` or
+``--public-ip`` stops it with exit status 2 instead of failing every sync.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from pyroute2 import IPRoute
 
 
 class UnderlayError(RuntimeError):
-    """No usable underlay; the message says what was looked for."""
+    """No usable underlay; the message says what was looked for.
+
+    ``key`` is the config key to fix (``overlayIface`` or ``overlayPublicIP``),
+    so the CLI can report it like any other invalid setting.
+    """
+
+    def __init__(self, message: str, *, key: str = "overlayIface") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +67,8 @@ def find_underlay(
             index = next((i for i, a in addrs.items() if any(x.ip == public_ip for x in a)), None)
             if index is None:
                 raise UnderlayError(
-                    f"--public-ip {public_ip} is on no local interface (pass --iface)"
+                    f"--public-ip {public_ip} is on no local interface (pass --iface)",
+                    key="overlayPublicIP",
                 )
         else:
             for route in ipr.route("dump", family=socket.AF_INET):
@@ -69,8 +82,18 @@ def find_underlay(
         mine = addrs.get(index, [])
         if public_ip is None:
             if not mine:
-                raise UnderlayError(f"underlay {name} has no IPv4 address (pass --public-ip)")
+                if iface is not None:
+                    raise UnderlayError(f"--iface {name} has no IPv4 address")
+                raise UnderlayError(
+                    f"underlay {name} (the default route's) has no IPv4 address "
+                    "(pass --iface or --public-ip)"
+                )
             public_ip = mine[0].ip
+        elif not any(a.ip == public_ip for a in mine):
+            raise UnderlayError(
+                f"--public-ip {public_ip} is not an address of --iface {name}",
+                key="overlayPublicIP",
+            )
         return Underlay(
             device=name,
             address=public_ip,

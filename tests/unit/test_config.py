@@ -67,3 +67,28 @@ def test_bad_bind_address(tmp_path: Path) -> None:
     f.write_text("metricsBindAddress: localhost:99999\n")
     with pytest.raises(ConfigError, match="metricsBindAddress"):
         build_config({}, f, env={})
+
+
+@pytest.mark.parametrize(
+    ("attr", "key", "value"),
+    [
+        ("sync_period", "syncPeriod", "inf"),
+        ("sync_period", "syncPeriod", "infs"),
+        ("sync_period", "syncPeriod", "1e999"),
+        ("min_sync_period", "minSyncPeriod", "nan"),
+        ("min_sync_period", "minSyncPeriod", "NaNms"),
+        ("sync_period", "syncPeriod", float("inf")),
+    ],
+)
+def test_non_finite_durations_are_refused(attr: str, key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({attr: value}, env={})
+    assert info.value.key == key
+    assert str(info.value) == f"config field {key}: must be a finite duration, got {value!r}"
+
+
+def test_non_finite_duration_in_the_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("syncPeriod: .inf\n")  # YAML's infinity
+    with pytest.raises(ConfigError, match=r"config field syncPeriod: must be a finite duration"):
+        build_config({}, f, env={})

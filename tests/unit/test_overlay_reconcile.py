@@ -473,7 +473,10 @@ def test_non_vxlan_link_named_like_the_vxlan_device_is_reported_not_deleted() ->
     k = new_kernel()
     k.add_foreign_link(VX, "dummy")
     report = OverlayReconciler(k).reconcile(plan())
-    assert report.failures == [f"{VX} exists and is not a VXLAN device"]
+    assert report.failures == [
+        f"{VX} exists, was not created by netagent and differs (it is a dummy link, not vxlan);"
+        " delete it so netagent can create its own"
+    ]
     assert k.link(VX) is not None and k.link(VX).kind == "dummy"  # type: ignore[union-attr]
     assert "delete_link" not in k.call_names()
     assert k.routes() == set() and k.fdb(VX) == set()
@@ -500,22 +503,38 @@ def test_unowned_matching_vxlan_device_is_used_and_left_by_remove_all() -> None:
     assert k.link(VX) is not None and k.link("cbr0") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "reconcile.py _vxlan: an unowned VXLAN device with another config is deleted and "
-        "recreated, although kernel.py/docs/overlay.md say links without the alias are never "
-        "deleted or recreated (the guard is `not owned and kind != 'vxlan'`)"
-    ),
-)
 def test_unowned_misconfigured_vxlan_device_is_not_deleted() -> None:
     k = new_kernel()
     k.add_foreign_link(
         VX, "vxlan", vni=7, port=4789, local=ip("192.168.1.10"), learning=True, underlay="eth0"
     )
     report = OverlayReconciler(k).reconcile(plan())
-    assert "delete_link" not in k.call_names()
-    assert any(VX in f for f in report.failures)
+    assert "delete_link" not in k.call_names() and "create_vxlan" not in k.call_names()
+    (failure,) = [f for f in report.failures if VX in f]
+    assert "not created by netagent" in failure and "vni 7 != 1" in failure
+    # Nothing is attached to a device netagent cannot use: no FDB/neigh, no routes via it.
+    assert not k.fdb(VX) and not k.neighbours(VX)
+    assert all(r.device != VX for r in k.routes())
+
+
+def test_unowned_vxlan_device_with_other_mtu_is_not_reconfigured() -> None:
+    k = new_kernel()
+    k.add_foreign_link(
+        VX,
+        "vxlan",
+        vni=1,
+        port=8472,
+        local=ip("192.168.1.10"),
+        learning=False,
+        underlay="eth0",
+        mac=LOCAL_MAC,
+        mtu=1400,
+    )
+    report = OverlayReconciler(k).reconcile(plan())
+    assert "set_link" not in k.call_names() and "delete_link" not in k.call_names()
+    link = k.link(VX)
+    assert link is not None and link.mtu == 1400
+    assert any("mtu 1400 != 1450" in f for f in report.failures)
 
 
 def test_stale_cluster_address_on_bridge_removed_foreign_address_kept() -> None:

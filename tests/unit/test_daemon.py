@@ -1,0 +1,121 @@
+"""run_daemon: any failed sync makes the next one full, whatever raised.
+
+Driven like the daemon drives it in API mode: the real ApiAgent and
+IptablesProxier over the stateful iptables fake, with a node network (the
+overlay's place) that fails one sync the way a failed Node annotation patch
+does, before any iptables-restore runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from netagent.api_agent import ApiAgent, NodeNetwork
+from netagent.change_tracker import ChangeTracker
+from netagent.config import build_config
+from netagent.daemon import SourceTask, run_daemon
+from netagent.model import NodeInfo, ProxyState
+from netagent.observability import Observability
+from netagent.proxy.iptables_fake import FakeIptables
+from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
+from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.translate import service_ports
+
+
+class FailingOnce(NodeNetwork):
+    """Raises on the ``fail_on``-th sync, as the overlay does when a Node patch fails."""
+
+    def __init__(self, fail_on: int) -> None:
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def sync(self, nodes: Mapping[str, NodeInfo]) -> None:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("patch Node n1: 503 Service Unavailable")
+
+
+class Recorder:
+    """The daemon's Syncer around an ApiAgent, recording each call and its results."""
+
+    def __init__(self, agent: ApiAgent, stop_after: int) -> None:
+        self.agent = agent
+        self.stop_after = stop_after
+        self.stop = asyncio.Event()
+        self.requested: list[bool] = []  # the daemon's ``full`` argument
+        self.applied: list[list[bool]] = []  # ``SyncResult.full`` of each successful sync
+
+    def sync(self, *, full: bool) -> list[SyncResult]:
+        self.requested.append(full)
+        if len(self.requested) >= self.stop_after:
+            self.stop.set()
+        results = self.agent.sync(full=full)
+        self.applied.append([r.full for r in results])
+        return results
+
+    def last_outcome(self) -> tuple[list[ProxyState], list[RenderedIptables]]:
+        return self.agent.last_outcome()
+
+    def after_success(self, now: float) -> None:
+        pass
+
+
+def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
+    config = build_config(
+        {
+            "node_name": "n1",
+            "cluster_cidrs": "10.244.0.0/16",
+            "min_sync_period": "10ms",
+            "sync_period": "30s",
+        },
+        env={},
+    )
+    fake = FakeIptables()
+    tracker = ChangeTracker(start_time=0.0)
+    tracker.on_change(
+        "Service",
+        "default/web",
+        None,
+        service_ports(
+            {
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.80", "ports": [{"port": 80, "protocol": "TCP"}]},
+            }
+        ),
+    )
+    network = FailingOnce(fail_on=2)
+    agent = ApiAgent(
+        config,
+        tracker,
+        network=network,
+        proxier_factory=lambda fam: IptablesProxier(runner=fake, conntrack=None, family=fam),
+    )
+    # 1: first sync (full: nothing applied yet); 2: a change sync, fails in the
+    # network step before any restore; 3: the retry, which must be full;
+    # 4: the next change sync, partial again.
+    syncer = Recorder(agent, stop_after=4)
+
+    async def changes(wake: Callable[[], None], stop: asyncio.Event) -> None:
+        while len(syncer.requested) < 1:
+            await asyncio.sleep(0.005)
+        wake()  # sync 2
+        while len(syncer.requested) < 3:
+            await asyncio.sleep(0.005)
+        wake()  # sync 4
+        await stop.wait()
+
+    async def main() -> int:
+        return await run_daemon(
+            config,
+            syncer,
+            [SourceTask("changes", changes)],
+            stop=syncer.stop,
+            observe=Observability(config),
+        )
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == 0
+    assert network.calls == 4
+    assert syncer.requested == [False, False, True, False]
+    # The failed sync applied nothing; the retry rewrote every chain, the next change did not.
+    assert syncer.applied == [[True], [True], [False]]
