@@ -84,6 +84,9 @@ class ApiAgent:
     _unobserved: dict[str, float] = field(default_factory=dict)
     _applied: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Told this node's Node (None once it has left the API) at every sync, before
+    #: anything is applied: /healthz follows whether the node is going away.
+    on_own_node: Callable[[NodeInfo | None], None] | None = None
 
     def _proxier(self, family: IPFamily) -> IptablesProxier:
         proxier = self.proxiers.get(family)
@@ -114,6 +117,8 @@ class ApiAgent:
         """Drain, build and apply every family once. Raises on apply failure."""
         with self._lock:  # one sync at a time, even if called from tests directly
             self._take(self.tracker.drain())
+            if self.on_own_node is not None:
+                self.on_own_node(self._nodes.get(self.config.node_name))
             node = self.own_node()
             self.network.sync(self._nodes)
             results = []
@@ -186,8 +191,10 @@ async def run_api(
         watch_nodes=True,
         settings=watch_settings,
     )
-    agent = ApiAgent(config, tracker, network=network or NodeNetwork())
     observe = Observability(config)
+    agent = ApiAgent(
+        config, tracker, network=network or NodeNetwork(), on_own_node=observe.health.sync_node
+    )
     observe.metrics.track_changes(tracker)
     observe.start()
 

@@ -9,7 +9,9 @@ exactly what kube-proxy's mean.
   applied (:meth:`ProxyHealth.updated`) within ``2 x syncPeriod``: a sync loop
   that is stuck or failing over and over turns the node unhealthy, an idle
   one does not. ``/healthz`` is also 503 while the node is being removed
-  (:meth:`ProxyHealth.set_node_eligible`), so load balancers drain it;
+  (:meth:`ProxyHealth.sync_node`: a deletionTimestamp, the cluster
+  autoscaler's ToBeDeletedByClusterAutoscaler taint, or the Node gone from
+  the API), so load balancers drain it;
   ``/livez`` ignores the node, so kubelet does not restart a healthy agent on
   a node that is going away. Health is tracked per address family; one
   family stuck makes the whole proxy unhealthy. The JSON body carries
@@ -54,7 +56,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from netagent.model import ServicePortName
+from netagent.model import NodeInfo, ServicePortName
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,7 @@ class ProxyHealth:
         self._last_updated: dict[str, float] = {}
         self._oldest_queued: dict[str, float] = {}
         self._node_eligible = True  # until told otherwise (the node is starting up)
+        self._node_seen = False
 
     def queued_update(self, now: float | None = None, family: str = "") -> None:
         """A change arrived that the next sync of ``family`` must apply."""
@@ -223,6 +226,20 @@ class ProxyHealth:
         """False while the node is being deleted (tainted or with a deletionTimestamp)."""
         with self._lock:
             self._node_eligible = eligible
+
+    def sync_node(self, node: NodeInfo | None) -> None:
+        """Follow this node's Node object (None: not in the API).
+
+        Not eligible while it is going away (deletionTimestamp, or the cluster
+        autoscaler's ToBeDeletedByClusterAutoscaler taint) and once it has left
+        the API; a Node not seen yet counts as a node starting up (eligible).
+        """
+        with self._lock:
+            if node is not None:
+                self._node_seen = True
+                self._node_eligible = not node.going_away
+            elif self._node_seen:
+                self._node_eligible = False
 
     def _state(self, now: float) -> tuple[bool, float | None]:
         with self._lock:

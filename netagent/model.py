@@ -207,12 +207,18 @@ class EndpointSliceInfo:
         return f"{self.namespace}/{self.name}"
 
 
+#: The taint the cluster autoscaler puts on a node it is about to remove.
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """The parts of a Node the agent uses.
 
     ``addresses`` are InternalIP first, then ExternalIP, in the order the
     Node lists them. ``annotations`` and ``labels`` are kept for the overlay.
+    ``deleting`` (a deletionTimestamp is set) and ``taint_keys`` tell whether
+    the node is going away (:attr:`going_away`), which /healthz reports.
     """
 
     name: str
@@ -222,6 +228,17 @@ class NodeInfo:
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
     resource_version: str = ""
+    deleting: bool = False
+    taint_keys: tuple[str, ...] = ()
+
+    @property
+    def going_away(self) -> bool:
+        """Being deleted, or tainted by the cluster autoscaler for removal.
+
+        kube-proxy's /healthz answers 503 for such a node, so load balancers
+        stop sending it new connections before it disappears.
+        """
+        return self.deleting or TO_BE_DELETED_TAINT in self.taint_keys
 
     def annotation(self, key: str) -> str | None:
         """The value of one annotation, or None."""

@@ -753,7 +753,14 @@ def _node_info(data: Mapping[str, Any], ref: _Ref) -> NodeInfo:
 
     labels = _string_map(meta, "labels", "metadata.labels")
     annotations = _string_map(meta, "annotations", "metadata.annotations")
+    taint_keys: list[str] = []
+    for i, raw in enumerate(_sequence(spec, "taints", "spec.taints")):
+        if not isinstance(raw, Mapping):
+            _fail(f"spec.taints[{i}] {_show(raw)} is not an object")
+        taint_keys.append(_string(raw, "key", f"spec.taints[{i}].key"))
     return NodeInfo(
+        deleting=bool(meta.get("deletionTimestamp")),
+        taint_keys=tuple(sorted(set(taint_keys))),
         name=ref.name,
         addresses=tuple(addresses),
         pod_cidrs=tuple(cidrs),

@@ -306,3 +306,40 @@ def test_healthz_follows_sync_failures_and_metrics_are_plausible(cluster: Cluste
         assert time.monotonic() < end, "/healthz did not recover"
         time.sleep(0.5)
     wait_for_answers(lab, ip, 80, {"echo-1a", "echo-1b", "echo-1c"})
+
+
+def test_healthz_is_503_while_the_node_is_tainted_for_removal(cluster: ClusterLab) -> None:
+    """kube-proxy's node eligibility: the autoscaler's taint drains /healthz, not /livez."""
+    lab = cluster
+    taint = {"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}
+
+    def set_taints(taints: list[dict[str, str]]) -> None:
+        lab.api.request(
+            "PATCH",
+            "/api/v1/nodes/node-1",
+            {"spec": {"taints": taints}},
+            content_type="application/merge-patch+json",
+        )
+
+    def wait_healthz(want: int) -> dict[str, object]:
+        end = time.monotonic() + 20
+        while True:
+            status, body = http_get(lab, "node-1", "http://127.0.0.1:10256/healthz")
+            if status == want:
+                parsed: dict[str, object] = json.loads(body)
+                return parsed
+            assert time.monotonic() < end, f"/healthz stayed {status}: {body}"
+            time.sleep(0.3)
+
+    assert wait_healthz(200)["nodeEligible"] is True
+    set_taints([taint])
+    try:
+        body = wait_healthz(503)
+        assert body["nodeEligible"] is False and body["nodeName"] == "node-1"
+        status, _ = http_get(lab, "node-1", "http://127.0.0.1:10256/livez")
+        assert status == 200  # the agent itself is fine: kubelet must not restart it
+        # Another node is unaffected.
+        assert http_get(lab, "node-2", "http://127.0.0.1:10256/healthz")[0] == 200
+    finally:
+        set_taints([])
+    assert wait_healthz(200)["nodeEligible"] is True

@@ -138,3 +138,17 @@ def test_families_follow_the_cluster() -> None:
     h.service("web", "10.96.0.80")
     h.agent.sync(full=True)
     assert set(h.agent.proxiers) == {IPFamily.IPV4}
+
+
+def test_own_node_is_reported_before_each_sync_applies() -> None:
+    seen: list[NodeInfo | None] = []
+    h = Harness()
+    h.agent.on_own_node = seen.append
+    h.agent.sync(full=True)
+    going = NodeInfo(name="n1", taint_keys=("ToBeDeletedByClusterAutoscaler",))
+    h.tracker.on_change("Node", "n1", None, going)
+    h.tracker.on_change("Node", "n2", None, NodeInfo(name="n2"))
+    h.agent.sync(full=False)
+    h.tracker.on_change("Node", "n1", going, None)
+    h.agent.sync(full=False)
+    assert seen == [None, going, None]

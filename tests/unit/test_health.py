@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from netagent.health import HealthServer, ProxyHealth, ServiceHealthServers, split_host_port
-from netagent.model import ServicePortName
+from netagent.model import NodeInfo, ServicePortName
 
 T0 = 1_700_000_000.0
 
@@ -108,6 +108,25 @@ def test_bodies_and_node_eligibility() -> None:
     assert health.livez()[0] == 200
     status, body = health.healthz()
     assert status == 503 and body["nodeHealthy"] is False
+
+
+def test_sync_node_follows_the_node_going_away_and_leaving() -> None:
+    health = ProxyHealth(sync_period=30, node_name="n1", clock=lambda: 1000.0)
+    health.sync_node(None)  # not registered yet: a node starting up stays eligible
+    assert health.healthz()[0] == 200
+    health.sync_node(NodeInfo(name="n1", taint_keys=("node.kubernetes.io/unschedulable",)))
+    assert health.healthz()[0] == 200  # cordoned is not going away
+    health.sync_node(NodeInfo(name="n1", taint_keys=("ToBeDeletedByClusterAutoscaler",)))
+    status, body = health.healthz()
+    assert status == 503 and body["nodeEligible"] is False
+    assert health.livez()[0] == 200  # /livez ignores the node
+    health.sync_node(NodeInfo(name="n1"))
+    assert health.healthz()[0] == 200
+    health.sync_node(NodeInfo(name="n1", deleting=True))
+    assert health.healthz()[0] == 503
+    health.sync_node(NodeInfo(name="n1"))
+    health.sync_node(None)  # seen before, now gone from the API
+    assert health.healthz()[0] == 503
 
 
 def test_never_synced_and_stuck_is_unhealthy() -> None:

@@ -478,6 +478,39 @@ def test_node_with_only_pod_cidr_and_no_addresses() -> None:
     assert node.zone == ""
 
 
+def test_node_going_away_from_deletion_timestamp_or_autoscaler_taint() -> None:
+    plain = node_info(base_node())
+    assert not plain.deleting and plain.taint_keys == () and not plain.going_away
+
+    data = base_node()
+    data["spec"]["taints"] = [
+        {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+        {"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"},
+    ]
+    tainted = node_info(data)
+    assert tainted.taint_keys == (
+        "ToBeDeletedByClusterAutoscaler",
+        "node.kubernetes.io/unschedulable",
+    )
+    assert tainted.going_away and not tainted.deleting
+
+    data = base_node()
+    data["spec"]["taints"] = [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]
+    assert not node_info(data).going_away  # cordoned is not going away
+
+    data = base_node()
+    data["metadata"]["deletionTimestamp"] = "2026-12-01T10:00:00Z"
+    deleting = node_info(data)
+    assert deleting.deleting and deleting.going_away
+
+
+def test_node_with_a_malformed_taint_names_the_field() -> None:
+    data = base_node()
+    data["spec"]["taints"] = ["ToBeDeletedByClusterAutoscaler"]
+    with pytest.raises(InvalidObject, match=r"spec\.taints\[0\]"):
+        node_info(data)
+
+
 # --------------------------------------------------------------------------- invalid objects
 
 Mutation = Callable[[Obj], None]
