@@ -44,8 +44,10 @@ from netagent.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
 
 log = logging.getLogger(__name__)
 
-#: A periodic sync rewrites every chain at most this often (kube-proxy's full-sync period
-#: since its partial restores); the other periodic syncs are partial and cheap. Changes
+#: A sync rewrites every chain at most this often (kube-proxy's full-sync period since its
+#: partial restores), whether a change or the timer started it, so a busy cluster where
+#: changes never let the timer fire still gets its hourly full sync; the other syncs are
+#: partial and cheap. Changes
 #: never wait for it: a failed sync (whatever raised), or a missing canary chain, forces a
 #: full sync at once.
 FULL_RESYNC_PERIOD = 3600.0
@@ -105,7 +107,7 @@ async def run_daemon(
                 waited_since.append(time.monotonic())
                 log.info("not writing rules yet: waiting for %s", waiting_for() or "the sources")
             return True  # not a failure: the source wakes the runner when it is ready
-        full = previous_failed or (periodic and schedule.full_due())
+        full = previous_failed or schedule.full_due()
         started = time.monotonic()
         try:
             results = await asyncio.to_thread(syncer.sync, full=full)

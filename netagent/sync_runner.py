@@ -93,13 +93,14 @@ class BoundedFrequencyRunner:
 
 
 class FullSyncSchedule:
-    """Decides whether a periodic sync is a full one, keeping full syncs to a bounded share of time.
+    """Decides whether a sync is a full one, keeping full syncs to a bounded share of time.
 
     A full sync rewrites every chain netagent owns. At 10,000 services on
     iptables-nft 1.8.9 that takes minutes (``--noflush`` restores grow
     quadratically, docs/performance.md), so running one every ``syncPeriod``
     would leave the agent in full syncs back to back, with every real change
-    queued behind them. A periodic sync is therefore full only when at least
+    queued behind them. A sync (periodic or change-triggered: under a steady
+    stream of changes the timer never fires) is therefore full only when at least
     ``max(sync_period, spacing x last full duration)`` has passed since the
     last full sync started; otherwise it is a partial sync (which still checks
     the canary and repairs an external flush with a full sync at once).
@@ -119,7 +120,7 @@ class FullSyncSchedule:
         self._last_duration = 0.0
 
     def full_due(self) -> bool:
-        """Whether the next periodic sync should be full."""
+        """Whether the next sync should be full."""
         if self._last_start is None:
             return True
         interval = max(self._period, self._spacing * self._last_duration)

@@ -1,4 +1,5 @@
-"""run_daemon: any failed sync makes the next one full, whatever raised.
+"""run_daemon: any failed sync makes the next one full, whatever raised; the hourly full sync
+happens even when changes keep every sync change-triggered.
 
 Driven like the daemon drives it in API mode: the real ApiAgent and
 IptablesProxier over the stateful iptables fake, with a node network (the
@@ -9,8 +10,12 @@ does, before any iptables-restore runs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 
+import pytest
+
+from netagent import daemon
 from netagent.api_agent import ApiAgent, NodeNetwork
 from netagent.change_tracker import ChangeTracker
 from netagent.config import build_config
@@ -91,7 +96,7 @@ def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
         network=network,
         proxier_factory=lambda fam: IptablesProxier(runner=fake, conntrack=None, family=fam),
     )
-    # 1: first sync (full: nothing applied yet); 2: a change sync, fails in the
+    # 1: first sync (full: nothing applied yet, the schedule asks for it too); 2: a change sync, fails in the
     # network step before any restore; 3: the retry, which must be full;
     # 4: the next change sync, partial again.
     syncer = Recorder(agent, stop_after=4)
@@ -116,6 +121,70 @@ def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
 
     assert asyncio.run(asyncio.wait_for(main(), 10)) == 0
     assert network.calls == 4
-    assert syncer.requested == [False, False, True, False]
+    assert syncer.requested == [True, False, True, False]
     # The failed sync applied nothing; the retry rewrote every chain, the next change did not.
     assert syncer.applied == [[True], [True], [False]]
+
+
+def test_full_sync_is_not_starved_by_a_steady_stream_of_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hourly full sync and syncPeriod, shrunk to 0.3 s. A change arrives every
+    # 20 ms, so a change is always pending and no sync is ever a periodic one.
+    monkeypatch.setattr(daemon, "FULL_RESYNC_PERIOD", 0.3)
+    config = build_config(
+        {
+            "node_name": "n1",
+            "cluster_cidrs": "10.244.0.0/16",
+            "min_sync_period": "10ms",
+            "sync_period": "300ms",
+        },
+        env={},
+    )
+    fake = FakeIptables()
+    tracker = ChangeTracker(start_time=0.0)
+    agent = ApiAgent(
+        config,
+        tracker,
+        proxier_factory=lambda fam: IptablesProxier(runner=fake, conntrack=None, family=fam),
+    )
+    syncer = Recorder(agent, stop_after=10_000)
+    started = time.monotonic()
+
+    async def changes(wake: Callable[[], None], stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            ip = f"10.96.{n // 250}.{n % 250 + 1}"
+            tracker.on_change(
+                "Service",
+                "default/web",
+                None,
+                service_ports(
+                    {
+                        "metadata": {"name": "web", "namespace": "default"},
+                        "spec": {"clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]},
+                    }
+                ),
+            )
+            wake()
+            await asyncio.sleep(0.02)
+            if time.monotonic() - started > 1.0:
+                syncer.stop.set()
+
+    async def main() -> int:
+        return await run_daemon(
+            config,
+            syncer,
+            [SourceTask("changes", changes)],
+            stop=syncer.stop,
+            observe=Observability(config),
+        )
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == 0
+    assert len(syncer.requested) >= 10  # many change-triggered syncs
+    # The first sync, then at least one more full sync within the second, though
+    # no sync was periodic; the others partial.
+    assert syncer.requested[0] is True
+    assert syncer.requested[1:].count(True) >= 1
+    assert syncer.requested.count(False) >= len(syncer.requested) // 2
