@@ -46,7 +46,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="nodeport_addresses",
         help="CIDRs whose local IPs accept NodePorts, comma-separated (default: all)",
     )
-    p.add_argument("--masquerade-all", dest="masquerade_all", action="store_true", default=None)
+    p.add_argument(
+        "--masquerade-all",
+        dest="masquerade_all",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SNAT all traffic sent to Service IPs",
+    )
     p.add_argument("--masquerade-bit", dest="masquerade_bit", type=int)
     p.add_argument(
         "--healthz-bind-address", dest="healthz_bind_address", help="default 0.0.0.0:10256"
@@ -59,7 +65,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--legacy-endpoints",
         dest="legacy_endpoints",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="watch core/v1 Endpoints instead of EndpointSlices (very old clusters)",
     )
@@ -77,7 +83,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--direct-routing",
         dest="overlay_direct_routing",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="vxlan: plain routes to peers on the same L2 segment",
     )
@@ -93,11 +99,18 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="default /etc/cni/net.d/10-netagent.conflist; empty to not write one",
     )
     p.add_argument(
-        "--no-localhost-nodeports",
-        dest="localhost_nodeports",
-        action="store_false",
+        "--ip-masq",
+        dest="overlay_ip_masq",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="do not accept NodePorts on 127.0.0.1",
+        help="masquerade pod traffic leaving the cluster CIDR (default on, as flannel's --ip-masq)",
+    )
+    p.add_argument(
+        "--localhost-nodeports",
+        dest="localhost_nodeports",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept NodePorts on 127.0.0.1 (default on)",
     )
 
 
@@ -183,6 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "overlay_public_ip",
             "overlay_subnet_len",
             "overlay_direct_routing",
+            "overlay_ip_masq",
             "overlay_annotation_prefix",
             "subnet_file",
             "cni_conf_file",

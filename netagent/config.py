@@ -68,6 +68,8 @@ class AgentConfig:
             interface's first IPv4 address).
         overlay_subnet_len: Prefix length of each node's pod CIDR.
         overlay_direct_routing: VXLAN backend: plain routes to same-L2 peers.
+        overlay_ip_masq: Masquerade pod traffic leaving the cluster CIDR
+            (flannel's ``--ip-masq``; also written to subnet.env).
         overlay_annotation_prefix: Node annotation prefix (flannel's default).
         subnet_file: Where the flannel-compatible subnet.env is written.
         cni_conf_file: Where the CNI conflist is written (empty: not written).
@@ -94,6 +96,7 @@ class AgentConfig:
     overlay_public_ip: ipaddress.IPv4Address | None = None
     overlay_subnet_len: int = 24
     overlay_direct_routing: bool = False
+    overlay_ip_masq: bool = True
     overlay_annotation_prefix: str = "flannel.alpha.coreos.com"
     subnet_file: Path = Path("/run/flannel/subnet.env")
     cni_conf_file: Path | None = Path("/etc/cni/net.d/10-netagent.conflist")
@@ -133,6 +136,7 @@ _YAML_KEYS = {
     "overlayPublicIP": "overlay_public_ip",
     "overlaySubnetLen": "overlay_subnet_len",
     "overlayDirectRouting": "overlay_direct_routing",
+    "overlayIPMasq": "overlay_ip_masq",
     "overlayAnnotationPrefix": "overlay_annotation_prefix",
     "subnetFile": "subnet_file",
     "cniConfFile": "cni_conf_file",
@@ -212,6 +216,7 @@ def _coerce(attr: str, value: object) -> object:
         "localhost_nodeports",
         "legacy_endpoints",
         "overlay_direct_routing",
+        "overlay_ip_masq",
     ):
         return _bool(key, value)
     if attr == "overlay_backend":

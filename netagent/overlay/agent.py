@@ -113,6 +113,7 @@ class OverlayNetwork(NodeNetwork):
             backend=BackendType(config.overlay_backend),
             subnet_len=config.overlay_subnet_len,
             direct_routing=config.overlay_direct_routing,
+            ip_masq=config.overlay_ip_masq,
             annotation_prefix=config.overlay_annotation_prefix,
         )
         return OverlayNetwork(

@@ -314,6 +314,25 @@ def test_outside_traffic_is_masqueraded_pod_traffic_is_not(
     assert "NETAGENT-OVERLAY-FWD" in lab.iptables_save("node-1", "filter")
 
 
+def test_no_ip_masq_lets_pods_reach_the_outside_with_their_own_address(
+    clusters: Callable[..., ClusterLab],
+) -> None:
+    """``--no-ip-masq`` (flannel's ``--ip-masq=false``): for networks that route the pod CIDR."""
+    lab = clusters("vxlan", "--no-ip-masq")
+    lab.serve_outside()
+    node1 = lab.node("node-1")
+    # The outside network routes the pod CIDR (to node-1 here), as such networks do.
+    lab.ns_exec("outside", ["ip", "route", "add", CLUSTER_CIDR, "via", node1.ip])
+    client = lab.pods["client-1"].ip
+    for proto, port in (("tcp", ECHO_TCP), ("udp", ECHO_UDP)):
+        assert reply(lab, proto, "client-1", OUTSIDE_IP, port) == ("outside", client)
+        assert reply(lab, proto, "client-1", lab.pods["echo-3a"].ip, port) == ("echo-3a", client)
+    assert read_subnet_env(node1.subnet_file)["FLANNEL_IPMASQ"] == "false"
+    nat = lab.iptables_save("node-1", "nat")
+    assert not [line for line in nat.splitlines() if line.startswith("-A NETAGENT-OVERLAY-POSTRTG")]
+    assert "NETAGENT-OVERLAY-FWD" in lab.iptables_save("node-1", "filter")
+
+
 def test_forward_drop_policy_does_not_break_pod_traffic(
     clusters: Callable[..., ClusterLab],
 ) -> None:

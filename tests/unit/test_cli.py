@@ -147,6 +147,58 @@ def test_good_underlay_starts_the_daemon(
     assert [c.overlay_iface for c in started] == ["eth1"]
 
 
+@pytest.mark.parametrize(
+    ("file_text", "flags", "expected"),
+    [
+        ("", (), (False, False, False, True, True)),
+        (
+            "masqueradeAll: true\nlegacyEndpoints: true\noverlayDirectRouting: true\n"
+            "overlayIPMasq: false\nlocalhostNodePorts: false\n",
+            (),
+            (True, True, True, False, False),
+        ),
+        (
+            "masqueradeAll: true\nlegacyEndpoints: true\noverlayDirectRouting: true\n"
+            "overlayIPMasq: false\nlocalhostNodePorts: false\n",
+            (
+                "--no-masquerade-all",
+                "--no-legacy-endpoints",
+                "--no-direct-routing",
+                "--ip-masq",
+                "--localhost-nodeports",
+            ),
+            (False, False, False, True, True),
+        ),
+        (
+            "",
+            ("--masquerade-all", "--legacy-endpoints", "--direct-routing", "--no-ip-masq"),
+            (True, True, True, False, True),
+        ),
+    ],
+)
+def test_every_boolean_flag_overrides_the_file_either_way(
+    file_text: str,
+    flags: tuple[str, ...],
+    expected: tuple[bool, ...],
+    tmp_path: Path,
+    started: list[AgentConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = Underlay("eth0", ipaddress.IPv4Address("192.0.2.2"), 1500, ())
+    monkeypatch.setattr(underlay, "find_underlay", lambda **_: found)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(file_text or "{}\n")
+    assert main(overlay_run("--config", str(config_file), *flags)) == 0
+    (config,) = started
+    assert (
+        config.masquerade_all,
+        config.legacy_endpoints,
+        config.overlay_direct_routing,
+        config.overlay_ip_masq,
+        config.localhost_nodeports,
+    ) == expected
+
+
 def test_no_underlay_lookup_without_overlay(
     started: list[AgentConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,3 +121,34 @@ def test_failed_bridge_creation_keeps_cni_files_unwritten(tmp_path: Path) -> Non
     net.sync(NODES)
     assert kernel.link("cbr0") is None
     assert not (tmp_path / "subnet.env").exists()
+
+
+@pytest.mark.parametrize("ip_masq", [True, False])
+def test_from_config_carries_ip_masq_to_rules_and_subnet_env(
+    ip_masq: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubernetes.client import ApiClient
+
+    kernel = FakeOverlayKernel()
+    kernel.add_foreign_link("eth0", mtu=1500)
+    monkeypatch.setattr(overlay_agent, "PyrouteOverlayKernel", lambda: kernel)
+    api = FakeNodeApi()
+    api.add_node("node-1", pod_cidr="10.244.1.0/24")
+    monkeypatch.setattr(overlay_agent, "KubernetesNodeApi", lambda _client: api)
+    config = AgentConfig(
+        node_name="node-1",
+        cluster_cidrs=(NET,),
+        overlay_backend="vxlan",
+        overlay_ip_masq=ip_masq,
+        subnet_file=tmp_path / "subnet.env",
+        cni_conf_file=None,
+    )
+    net = OverlayNetwork.from_config(config, ApiClient())
+    net._patcher = RecordingPatcher()  # type: ignore[assignment]
+    net.sync(NODES)
+    env = (tmp_path / "subnet.env").read_text()
+    assert f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}" in env
+    rules = net.extra_rules()
+    assert rules is not None
+    nat = rules.tables["nat"]["NETAGENT-OVERLAY-POSTRTG"]
+    assert any("MASQUERADE" in r for r in nat) is ip_masq
