@@ -20,6 +20,7 @@ from netagent.config import (
     IPTABLES_BACKENDS,
     OVERLAY_BACKENDS,
     PROXY_MODES,
+    VXLAN_TX_CHECKSUM,
     AgentConfig,
     ConfigError,
     build_config,
@@ -97,6 +98,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--cni-conf-file",
         dest="cni_conf_file",
         help="default /etc/cni/net.d/10-netagent.conflist; empty to not write one",
+    )
+    p.add_argument(
+        "--vxlan-tx-checksum",
+        dest="overlay_vxlan_tx_checksum",
+        choices=VXLAN_TX_CHECKSUM,
+        help="tx checksum offload on flannel.1: auto (default; off before Linux 5.7), on, off",
     )
     p.add_argument(
         "--ip-masq",
@@ -197,6 +204,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "overlay_subnet_len",
             "overlay_direct_routing",
             "overlay_ip_masq",
+            "overlay_vxlan_tx_checksum",
             "overlay_annotation_prefix",
             "subnet_file",
             "cni_conf_file",

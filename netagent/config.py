@@ -28,6 +28,8 @@ from netagent.model import IPNetwork, ProxyConfig
 PROXY_MODES = ("iptables",)
 IPTABLES_BACKENDS = ("auto", "nft", "legacy")
 OVERLAY_BACKENDS = ("none", "vxlan", "host-gw")
+#: ``overlayVxlanTxChecksum`` values (see netagent/overlay/checksum.py).
+VXLAN_TX_CHECKSUM = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,8 @@ class AgentConfig:
             interface's first IPv4 address).
         overlay_subnet_len: Prefix length of each node's pod CIDR.
         overlay_direct_routing: VXLAN backend: plain routes to same-L2 peers.
+        overlay_vxlan_tx_checksum: ``auto``, ``on`` or ``off``: transmit
+            checksum offload on the VXLAN device (``auto``: off before Linux 5.7).
         overlay_ip_masq: Masquerade pod traffic leaving the cluster CIDR
             (flannel's ``--ip-masq``; also written to subnet.env).
         overlay_annotation_prefix: Node annotation prefix (flannel's default).
@@ -97,6 +101,7 @@ class AgentConfig:
     overlay_subnet_len: int = 24
     overlay_direct_routing: bool = False
     overlay_ip_masq: bool = True
+    overlay_vxlan_tx_checksum: str = "auto"
     overlay_annotation_prefix: str = "flannel.alpha.coreos.com"
     subnet_file: Path = Path("/run/flannel/subnet.env")
     cni_conf_file: Path | None = Path("/etc/cni/net.d/10-netagent.conflist")
@@ -137,6 +142,7 @@ _YAML_KEYS = {
     "overlaySubnetLen": "overlay_subnet_len",
     "overlayDirectRouting": "overlay_direct_routing",
     "overlayIPMasq": "overlay_ip_masq",
+    "overlayVxlanTxChecksum": "overlay_vxlan_tx_checksum",
     "overlayAnnotationPrefix": "overlay_annotation_prefix",
     "subnetFile": "subnet_file",
     "cniConfFile": "cni_conf_file",
@@ -219,6 +225,12 @@ def _coerce(attr: str, value: object) -> object:
         "overlay_ip_masq",
     ):
         return _bool(key, value)
+    if attr == "overlay_vxlan_tx_checksum":
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            value = "on" if value else "off"
+        if value not in VXLAN_TX_CHECKSUM:
+            raise ConfigError(key, f"must be one of {', '.join(VXLAN_TX_CHECKSUM)}, got {value!r}")
+        return value
     if attr == "overlay_backend":
         if value not in OVERLAY_BACKENDS:
             raise ConfigError(key, f"must be one of {', '.join(OVERLAY_BACKENDS)}, got {value!r}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from netagent.api_agent import NodeNetwork
 from netagent.config import AgentConfig
 from netagent.model import NodeInfo
 from netagent.overlay import annotations as ann
+from netagent.overlay.checksum import tx_checksum_wanted
 from netagent.overlay.cni_files import write_cni_conflist, write_subnet_env
 from netagent.overlay.host_sysctl import ensure_overlay_sysctls
 from netagent.overlay.kernel import OverlayKernel, PyrouteOverlayKernel
@@ -47,6 +49,7 @@ from netagent.overlay.model import (
     LocalNode,
     OverlayConfig,
     RemoteNode,
+    VxlanSettings,
 )
 from netagent.overlay.plan import plan_overlay
 from netagent.overlay.reconcile import OverlayReconciler
@@ -114,6 +117,9 @@ class OverlayNetwork(NodeNetwork):
             subnet_len=config.overlay_subnet_len,
             direct_routing=config.overlay_direct_routing,
             ip_masq=config.overlay_ip_masq,
+            vxlan=VxlanSettings(
+                tx_checksum=tx_checksum_wanted(config.overlay_vxlan_tx_checksum, platform.release())
+            ),
             annotation_prefix=config.overlay_annotation_prefix,
         )
         return OverlayNetwork(

@@ -16,6 +16,10 @@ Ownership, so that nothing foreign is ever touched:
 * FDB and neighbour entries: only permanent ones on the VXLAN device, which
   netagent owns as a whole.
 
+The VXLAN device's transmit checksum offload is read and set with
+pyroute2's ethtool ioctl wrapper (the same switch as ``ethtool -K``), so no
+``ethtool`` binary is needed on the node.
+
 Every write is idempotent: adding what exists and deleting what is gone are
 no-ops, so a reconcile pass that races with another actor cannot fail on
 EEXIST/ENOENT.
@@ -25,16 +29,22 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pyroute2 import IPRoute, NetlinkError
+from pyroute2.ethtool import Ethtool
 
 from netagent.overlay.model import ROUTE_PROTOCOL, FdbEntry, NeighEntry, RouteEntry
 
 #: The interface alias of links netagent created (``ip link show`` prints it).
 OWNER_ALIAS = "netagent"
+#: The ethtool feature ``ethtool -K <dev> tx-checksum-ip-generic off`` turns off.
+TX_CHECKSUM_FEATURE = "tx-checksum-ip-generic"
+
+log = logging.getLogger(__name__)
 
 NUD_PERMANENT = 0x80
 NUD_NOARP = 0x40
@@ -59,6 +69,8 @@ class LinkState:
     local: ipaddress.IPv4Address | None = None
     learning: bool | None = None
     underlay_index: int | None = None
+    #: VXLAN devices: ``tx-checksum-ip-generic`` (None when it could not be read).
+    tx_checksum: bool | None = None
 
 
 class OverlayKernel(Protocol):
@@ -92,6 +104,10 @@ class OverlayKernel(Protocol):
 
     def set_link(self, name: str, *, mtu: int | None = None, mac: str | None = None) -> None:
         """Change MTU and/or MAC, and bring the link up."""
+        ...
+
+    def set_tx_checksum(self, name: str, enabled: bool) -> None:
+        """Turn transmit checksum offload (``tx-checksum-ip-generic``) on or off."""
         ...
 
     def delete_link(self, name: str) -> None:
@@ -157,10 +173,13 @@ class PyrouteOverlayKernel:
 
     def __init__(self) -> None:
         self._ipr = IPRoute()
+        self._ethtool: Ethtool | None = None  # opened on first use (VXLAN only)
 
     def close(self) -> None:
         """Release the netlink socket."""
         self._ipr.close()
+        if self._ethtool is not None:
+            self._ethtool.close()
 
     # ---- links --------------------------------------------------------------------------
 
@@ -198,8 +217,32 @@ class PyrouteOverlayKernel:
                 local=ipaddress.IPv4Address(local) if local else None,
                 learning=bool(data.get("IFLA_VXLAN_LEARNING")),
                 underlay_index=data.get("IFLA_VXLAN_LINK"),
+                tx_checksum=self._tx_checksum(name),
             )
         return state
+
+    def _tx_checksum(self, name: str) -> bool | None:
+        try:
+            features = self._ethtool_handle().get_features(name).features
+        except Exception as exc:  # unreadable is reported as unknown
+            log.debug("ethtool features of %s: %s", name, exc)
+            return None
+        feature = features.get(TX_CHECKSUM_FEATURE)
+        return None if feature is None else bool(feature.enable)
+
+    def _ethtool_handle(self) -> Ethtool:
+        if self._ethtool is None:
+            self._ethtool = Ethtool()
+        return self._ethtool
+
+    def set_tx_checksum(self, name: str, enabled: bool) -> None:
+        ethtool = self._ethtool_handle()
+        features = ethtool.get_features(name)
+        feature = features.features.get(TX_CHECKSUM_FEATURE)
+        if feature is None:
+            raise LookupError(f"{name} has no {TX_CHECKSUM_FEATURE} feature")
+        feature.enable = enabled
+        ethtool.set_features(name, features)
 
     def create_bridge(self, name: str, mtu: int) -> None:
         try:

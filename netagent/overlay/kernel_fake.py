@@ -8,7 +8,8 @@ fake keeps that state in memory and copies the real implementation's
 semantics, so the reconciler's unit tests run anywhere:
 
 * links have a kind, MTU, MAC, up flag, owner mark (the ``netagent`` alias)
-  and, for VXLAN, VNI/port/local/learning/underlay; :meth:`create_bridge`
+  and, for VXLAN, VNI/port/local/learning/underlay and transmit checksum
+  offload (on when created, as in the kernel); :meth:`create_bridge`
   and :meth:`create_vxlan` mark the link owned (the ``netagent`` alias) and bring it up;
   :meth:`create_bridge` ignores an existing name (EEXIST), while
   :meth:`create_vxlan` refuses one (:class:`FileExistsError`, EEXIST) and
@@ -60,6 +61,7 @@ _WRITES = frozenset(
         "create_bridge",
         "create_vxlan",
         "set_link",
+        "set_tx_checksum",
         "delete_link",
         "add_address",
         "delete_address",
@@ -113,6 +115,7 @@ class _Link:
     local: ipaddress.IPv4Address | None = None
     learning: bool | None = None
     underlay_index: int | None = None
+    tx_checksum: bool | None = None
     addresses: set[ipaddress.IPv4Interface] = field(default_factory=set)
     #: (mac, remote IP) -> permanent
     fdb: dict[tuple[str, ipaddress.IPv4Address], bool] = field(default_factory=dict)
@@ -133,6 +136,7 @@ class _Link:
             local=self.local,
             learning=self.learning,
             underlay_index=self.underlay_index,
+            tx_checksum=self.tx_checksum,
         )
 
 
@@ -218,6 +222,7 @@ class FakeOverlayKernel:
         if kind == "vxlan":
             link.vni, link.port, link.local = vni, port, local
             link.learning = True if learning is None else learning
+            link.tx_checksum = True
             link.underlay_index = underlay_index
         link.addresses.update(addresses)
         return link.state()
@@ -234,9 +239,12 @@ class FakeOverlayKernel:
         port: int | None = None,
         local: ipaddress.IPv4Address | None = None,
         learning: bool | None = None,
+        tx_checksum: bool | None = None,
     ) -> None:
         """Change a link behind the reconciler's back (not logged in :attr:`calls`)."""
         link = self._need(name)
+        if tx_checksum is not None:
+            link.tx_checksum = tx_checksum
         if mtu is not None:
             link.mtu = mtu
         if mac is not None:
@@ -386,6 +394,7 @@ class FakeOverlayKernel:
         link.vni, link.port, link.local = vni, port, local
         link.learning = False
         link.underlay_index = underlay.index
+        link.tx_checksum = True  # the kernel's default for a new VXLAN device
 
     def set_link(self, name: str, *, mtu: int | None = None, mac: str | None = None) -> None:
         self._enter("set_link", name)
@@ -395,6 +404,13 @@ class FakeOverlayKernel:
         if mac is not None:
             link.mac = mac.lower()
         link.up = True
+
+    def set_tx_checksum(self, name: str, enabled: bool) -> None:
+        self._enter("set_tx_checksum", name)
+        link = self._need(name)
+        if link.tx_checksum is None:
+            raise LookupError(f"{name} has no tx-checksum-ip-generic feature")
+        link.tx_checksum = enabled
 
     def delete_link(self, name: str) -> None:
         self._enter("delete_link", name)

@@ -46,6 +46,11 @@ class VxlanSettings:
 
     vni: int = DEFAULT_VNI
     port: int = DEFAULT_VXLAN_PORT
+    #: Transmit checksum offload on the device (``tx-checksum-ip-generic``).
+    #: Off works around the kernel bug behind kubernetes#88986 (VXLAN packets
+    #: NATed with a zero UDP checksum got a bad one: 63 s connection stalls),
+    #: fixed in Linux 5.7; see :func:`netagent.overlay.checksum.tx_checksum_wanted`.
+    tx_checksum: bool = True
 
     @property
     def device(self) -> str:

@@ -57,6 +57,7 @@ class VxlanDevice:
     mtu: int
     mac: str | None
     address: ipaddress.IPv4Interface
+    tx_checksum: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ def plan_overlay(
             mtu=pod_mtu,
             mac=local.vtep_mac,
             address=ipaddress.IPv4Interface((local.subnet.network_address, 32)),
+            tx_checksum=config.vxlan.tx_checksum,
         )
     fdb: list[FdbEntry] = []
     neigh: list[NeighEntry] = []

@@ -88,6 +88,8 @@ def _vxlan_differences(
         ("learning", link.learning, False),
         ("mtu", link.mtu, want.mtu),
     ]
+    if link.tx_checksum is not None:
+        wanted.append(("tx checksum offload", link.tx_checksum, want.tx_checksum))
     if underlay_index is not None:
         wanted.append(("underlay ifindex", link.underlay_index, underlay_index))
     if want.mac:
@@ -203,7 +205,7 @@ class OverlayReconciler:
                 return False
             link = None
         if link is None:
-            return self._try(
+            if not self._try(
                 report,
                 want.name,
                 "created",
@@ -217,7 +219,12 @@ class OverlayReconciler:
                     mtu=want.mtu,
                     mac=want.mac,
                 ),
-            )
+            ):
+                return False
+            link = self.kernel.link(want.name)
+            if link is None:
+                report.failures.append(f"{want.name} vanished right after it was created")
+                return False
         mac = want.mac if want.mac and want.mac.lower() != link.mac.lower() else None
         if link.mtu != want.mtu or mac is not None or not link.up:
             self._try(
@@ -226,6 +233,15 @@ class OverlayReconciler:
                 "repaired",
                 "vxlan",
                 lambda: self.kernel.set_link(want.name, mtu=want.mtu, mac=mac),
+            )
+        if link.tx_checksum is not None and link.tx_checksum != want.tx_checksum:
+            # Not fatal: the device carries traffic either way (see VxlanSettings).
+            self._try(
+                report,
+                want.name,
+                "set" if want.tx_checksum else "cleared",
+                "tx-checksum",
+                lambda: self.kernel.set_tx_checksum(want.name, want.tx_checksum),
             )
         return True
 

@@ -120,6 +120,13 @@ def vtep_mac(lab: ClusterLab, name: str) -> str:
     return str(data["VtepMAC"])
 
 
+def tx_checksum(lab: ClusterLab, node: str) -> str:
+    """``on`` or ``off``: tx-checksum-ip-generic of flannel.1, as ``ethtool -k`` reports it."""
+    out = lab.ns_exec(node, ["ethtool", "-k", "flannel.1"]).stdout
+    (value,) = re.findall(r"^\s*tx-checksum-ip-generic: (on|off)", out, re.M)
+    return value
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll ``check``; the seconds it took. Fails with ``what`` on timeout."""
     start = time.monotonic()
@@ -179,6 +186,8 @@ def test_vxlan_node_plumbing_matches_flannel(clusters: Callable[..., ClusterLab]
     assert info["local"] == n1.ip and info["link"] == "eth0"
     assert link["mtu"] == 1450 and link["address"] == data["VtepMAC"]
     assert link["ifalias"] == "netagent"
+    # Transmit checksum offload stays on: this kernel has the 5.7 fix (vxlanTxChecksum auto).
+    assert tx_checksum(lab, "node-1") == "on"
     net = subnets["node-1"]
     addrs = ip_json(lab, "node-1", "addr", "show", "flannel.1")[0]["addr_info"]
     v4 = [(a["local"], a["prefixlen"]) for a in addrs if a["family"] == "inet"]
@@ -400,6 +409,32 @@ def test_service_with_endpoints_on_another_node(clusters: Callable[..., ClusterL
         assert source == lab.pods["client-1"].ip  # pod to pod through a Service: no SNAT
     assert seen == {"echo-3a", "echo-3b"}
     lab.delete_service("remote-only")
+
+
+def test_vxlan_tx_checksum_off_is_applied_kept_and_carries_service_traffic(
+    clusters: Callable[..., ClusterLab],
+) -> None:
+    """``--vxlan-tx-checksum off``: the kubernetes#88986 workaround, owned and repaired."""
+    lab = clusters("vxlan", "--vxlan-tx-checksum", "off")
+    for node in lab.nodes:
+        assert tx_checksum(lab, node) == "off"
+    # Traffic still flows: pod to pod, and through a Service DNATed to another node.
+    target = lab.pods["echo-3a"]
+    for proto, port in (("tcp", ECHO_TCP), ("udp", ECHO_UDP)):
+        assert reply(lab, proto, "client-1", target.ip, port)[0] == "echo-3a"
+    svc = lab.create_service(
+        "csum-remote",
+        {"app": "echo", "node": "node-3"},
+        [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}],
+    )
+    ip = svc["spec"]["clusterIP"]
+    lab.wait_for_rules("node-1", f"{ip}/32")
+    assert {reply(lab, "tcp", "client-1", ip, 80)[0] for _ in range(10)} <= {"echo-3a", "echo-3b"}
+    # Turned back on by hand: the next sync turns it off again.
+    lab.ns_exec("node-2", ["ethtool", "-K", "flannel.1", "tx-checksum-ip-generic", "on"])
+    assert tx_checksum(lab, "node-2") == "on"
+    wait_until(lambda: tx_checksum(lab, "node-2") == "off", 15, "checksum offload repaired")
+    lab.delete_service("csum-remote")
 
 
 def test_direct_routing_uses_plain_routes_to_same_segment_peers(

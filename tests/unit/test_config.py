@@ -45,6 +45,7 @@ def test_node_name_from_env() -> None:
         ({"proxy_mode": "userspace"}, "mode", "must be one of"),
         ({"iptables_backend": "xt"}, "iptablesBackend", "must be one of"),
         ({"min_sync_period": "60s", "sync_period": "30s"}, "minSyncPeriod", "longer than"),
+        ({"overlay_vxlan_tx_checksum": "maybe"}, "overlayVxlanTxChecksum", "must be one of"),
     ],
 )
 def test_invalid_values_name_the_field(flags: dict[str, object], field: str, fragment: str) -> None:
@@ -92,3 +93,27 @@ def test_non_finite_duration_in_the_file_is_refused(tmp_path: Path) -> None:
     f.write_text("syncPeriod: .inf\n")  # YAML's infinity
     with pytest.raises(ConfigError, match=r"config field syncPeriod: must be a finite duration"):
         build_config({}, f, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "auto"),
+        ("overlayVxlanTxChecksum: auto\n", "auto"),
+        ("overlayVxlanTxChecksum: off\n", "off"),  # YAML 1.1 reads a bare off as false
+        ("overlayVxlanTxChecksum: on\n", "on"),
+        ("overlayVxlanTxChecksum: 'off'\n", "off"),
+    ],
+)
+def test_vxlan_tx_checksum_from_the_file(tmp_path: Path, text: str, expected: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text or "{}\n")
+    assert build_config({}, f, env={}).overlay_vxlan_tx_checksum == expected
+
+
+def test_ip_masq_and_tx_checksum_flags_override_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("overlayIPMasq: false\noverlayVxlanTxChecksum: off\n")
+    cfg = build_config({"overlay_ip_masq": True, "overlay_vxlan_tx_checksum": "on"}, f, env={})
+    assert cfg.overlay_ip_masq is True and cfg.overlay_vxlan_tx_checksum == "on"
+    assert build_config({}, f, env={}).overlay_ip_masq is False

@@ -383,3 +383,19 @@ def test_fail_applies_to_reads_too_and_rejects_unknown_methods() -> None:
         k.fail("replace_routes", OSError())
     with pytest.raises(ValueError, match="count"):
         k.fail("routes", OSError(), count=0)
+
+
+def test_tx_checksum_offload_is_on_for_new_vxlan_devices_and_switchable() -> None:
+    k = kernel_with_vxlan()
+    link = k.link(VX)
+    assert link is not None and link.tx_checksum is True
+    k.set_tx_checksum(VX, False)
+    link = k.link(VX)
+    assert link is not None and link.tx_checksum is False
+    assert k.calls[-1] == Call("set_tx_checksum", VX)
+    eth0 = k.link("eth0")
+    assert eth0 is not None and eth0.tx_checksum is None  # only VXLAN devices report it
+    with pytest.raises(LookupError):
+        k.set_tx_checksum("eth0", False)
+    with pytest.raises(LookupError):
+        k.set_tx_checksum("nope", False)

@@ -28,6 +28,7 @@ from netagent.overlay.model import (
     OverlayConfig,
     RemoteNode,
     RouteEntry,
+    VxlanSettings,
 )
 from netagent.overlay.plan import DesiredOverlay, plan_overlay
 from netagent.overlay.reconcile import OverlayReconciler, ReconcileReport, remove_all
@@ -115,6 +116,7 @@ def assert_matches(k: FakeOverlayKernel, desired: DesiredOverlay) -> None:
             False,
         )
         assert vx.mtu == desired.vxlan.mtu and vx.mac == desired.vxlan.mac
+        assert vx.tx_checksum is desired.vxlan.tx_checksum
         assert vx.underlay_index == k.link_index(desired.vxlan.underlay_device)
         assert k.addresses(desired.vxlan.name) == {desired.vxlan.address}
 
@@ -743,3 +745,76 @@ def test_report_summary_includes_failures() -> None:
     report.failures.append("x")
     assert report.changed
     assert report.summary() == "added 2 route, 1 failed"
+
+
+# ------------------------------------------------------------------------- tx checksum offload
+
+NO_CSUM = OverlayConfig(network=NETWORK, vxlan=VxlanSettings(tx_checksum=False))
+
+
+def test_checksum_offload_is_turned_off_right_after_creation_when_asked() -> None:
+    k = new_kernel()
+    r = OverlayReconciler(k)
+    desired = plan(config=NO_CSUM)
+    report = r.reconcile(desired)
+    assert report.failures == []
+    assert report.counts["cleared tx-checksum"] == 1
+    names = k.call_names()
+    # Off before any route can send traffic through the device.
+    assert names.index("create_vxlan") < names.index("set_tx_checksum")
+    assert names.index("set_tx_checksum") < names.index("replace_route")
+    assert_matches(k, desired)
+    assert_noop(r, k, desired)
+
+
+def test_default_keeps_checksum_offload_and_writes_nothing_for_it() -> None:
+    k = new_kernel()
+    r = OverlayReconciler(k)
+    assert r.reconcile(plan()).failures == []
+    link = k.link(VX)
+    assert link is not None and link.tx_checksum is True
+    assert "create_vxlan" in k.call_names() and "set_tx_checksum" not in k.call_names()
+
+
+def test_checksum_offload_turned_back_on_by_hand_is_repaired() -> None:
+    desired = plan(config=NO_CSUM)
+    k, r = built(desired)
+    k.tamper_link(VX, tx_checksum=True)
+    report = r.reconcile(desired)
+    assert report.counts == {"cleared tx-checksum": 1}
+    link = k.link(VX)
+    assert link is not None and link.tx_checksum is False
+    assert_noop(r, k, desired)
+
+
+def test_failing_checksum_switch_is_reported_and_peers_still_programmed() -> None:
+    k = new_kernel()
+    k.fail("set_tx_checksum", OSError(errno.EOPNOTSUPP, "Operation not supported"))
+    r = OverlayReconciler(k)
+    desired = plan(config=NO_CSUM)
+    report = r.reconcile(desired)
+    assert [f for f in report.failures if "tx-checksum" in f] == [
+        "cleared tx-checksum flannel.1: [Errno 95] Operation not supported"
+    ]
+    assert k.routes() == set(desired.routes) and k.fdb(VX) == set(desired.fdb)
+    assert r.reconcile(desired).failures == []  # retried by the next pass
+    link = k.link(VX)
+    assert link is not None and link.tx_checksum is False
+
+
+def test_unowned_vxlan_device_with_other_checksum_setting_is_not_changed() -> None:
+    k = new_kernel()
+    k.add_foreign_link(
+        VX,
+        "vxlan",
+        vni=1,
+        port=8472,
+        local=ip("192.168.1.10"),
+        learning=False,
+        underlay="eth0",
+        mac=LOCAL_MAC,
+        mtu=1450,
+    )
+    report = OverlayReconciler(k).reconcile(plan(config=NO_CSUM))
+    assert "set_tx_checksum" not in k.call_names()
+    assert any("tx checksum offload True != False" in f for f in report.failures)
