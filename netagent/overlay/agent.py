@@ -110,6 +110,14 @@ class OverlayNetwork(NodeNetwork):
     def from_config(config: AgentConfig, client: ApiClient) -> OverlayNetwork:
         """The real overlay: the API through ``client``, the kernel through pyroute2."""
         network = next(c for c in config.cluster_cidrs if c.version == 4)
+        release = platform.release()
+        tx_checksum = tx_checksum_wanted(config.overlay_vxlan_tx_checksum, release)
+        if config.overlay_backend == "vxlan" and not tx_checksum:
+            log.info(
+                "VXLAN tx checksum offload will be off (overlayVxlanTxChecksum %s, kernel %s)",
+                config.overlay_vxlan_tx_checksum,
+                release,
+            )
         assert isinstance(network, ipaddress.IPv4Network)
         overlay = OverlayConfig(
             network=network,
@@ -117,9 +125,7 @@ class OverlayNetwork(NodeNetwork):
             subnet_len=config.overlay_subnet_len,
             direct_routing=config.overlay_direct_routing,
             ip_masq=config.overlay_ip_masq,
-            vxlan=VxlanSettings(
-                tx_checksum=tx_checksum_wanted(config.overlay_vxlan_tx_checksum, platform.release())
-            ),
+            vxlan=VxlanSettings(tx_checksum=tx_checksum),
             annotation_prefix=config.overlay_annotation_prefix,
         )
         return OverlayNetwork(

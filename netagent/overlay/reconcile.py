@@ -63,22 +63,10 @@ class ReconcileReport:
         return ", ".join(parts) or "no changes"
 
 
-def _vxlan_matches(link: LinkState, want: VxlanDevice, underlay_index: int | None) -> bool:
-    """Whether the existing device can be kept (MTU and MAC are fixed in place)."""
-    return (
-        link.kind == "vxlan"
-        and link.vni == want.vni
-        and link.port == want.port
-        and link.local == want.local
-        and link.learning is False
-        and (underlay_index is None or link.underlay_index == underlay_index)
-    )
-
-
-def _vxlan_differences(
+def _vxlan_identity_differences(
     link: LinkState, want: VxlanDevice, underlay_index: int | None
 ) -> list[str]:
-    """What keeps a device netagent did not create from being used unchanged."""
+    """Settings only a new device can change (the kernel refuses them on a live one)."""
     if link.kind != "vxlan":
         return [f"it is a {link.kind or 'plain'} link, not vxlan"]
     wanted: list[tuple[str, object, object]] = [
@@ -86,15 +74,29 @@ def _vxlan_differences(
         ("port", link.port, want.port),
         ("local", link.local, want.local),
         ("learning", link.learning, False),
-        ("mtu", link.mtu, want.mtu),
     ]
-    if link.tx_checksum is not None:
-        wanted.append(("tx checksum offload", link.tx_checksum, want.tx_checksum))
     if underlay_index is not None:
         wanted.append(("underlay ifindex", link.underlay_index, underlay_index))
+    return [f"{name} {have} != {need}" for name, have, need in wanted if have != need]
+
+
+def _vxlan_differences(
+    link: LinkState, want: VxlanDevice, underlay_index: int | None
+) -> list[str]:
+    """Everything that differs: what keeps a device netagent did not create from being used.
+
+    For netagent's own device, the identity settings mean recreating it, the
+    rest (MTU, MAC, up, checksum offload) are repaired in place.
+    """
+    out = _vxlan_identity_differences(link, want, underlay_index)
+    if link.kind != "vxlan":
+        return out
+    wanted: list[tuple[str, object, object]] = [("mtu", link.mtu, want.mtu)]
+    if link.tx_checksum is not None:
+        wanted.append(("tx checksum offload", link.tx_checksum, want.tx_checksum))
     if want.mac:
         wanted.append(("mac", link.mac.lower(), want.mac.lower()))
-    out = [f"{name} {have} != {need}" for name, have, need in wanted if have != need]
+    out += [f"{name} {have} != {need}" for name, have, need in wanted if have != need]
     if not link.up:
         out.append("it is down")
     return out
@@ -197,8 +199,10 @@ class OverlayReconciler:
                 )
                 return False
             return True
-        if link is not None and not _vxlan_matches(link, want, underlay):
-            log.warning("VXLAN device %s is misconfigured; recreating it", want.name)
+        recreate = _vxlan_identity_differences(link, want, underlay) if link else []
+        if link is not None and recreate:
+            why = ", ".join(recreate)
+            log.warning("VXLAN device %s is misconfigured (%s); recreating it", want.name, why)
             if not self._try(
                 report, want.name, "removed", "vxlan", lambda: self.kernel.delete_link(want.name)
             ):
