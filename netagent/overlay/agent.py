@@ -104,6 +104,7 @@ class OverlayNetwork(NodeNetwork):
         self._started: _Started | None = None
         self._bad_peers: dict[str, str] = {}
         self._last_remotes: dict[str, RemoteNode] = {}
+        self._last_failures: set[str] = set()
         self._rules: ExtraRules | None = None
 
     @staticmethod
@@ -234,10 +235,17 @@ class OverlayNetwork(NodeNetwork):
         for reason in desired.skipped:
             log.debug("overlay: %s", reason)
         report = self._reconciler.reconcile(desired)
-        if report.changed or report.failures:
+        failures = set(report.failures)
+        if report.changed or failures != self._last_failures:
             log.info("overlay reconciled: %s", report.summary())
+        # A failure that persists (a foreign route in the way) is logged once at
+        # warning level, then at debug level while it lasts; every sync retries it.
         for failure in report.failures:
-            log.warning("overlay: %s", failure)
+            level = logging.DEBUG if failure in self._last_failures else logging.WARNING
+            log.log(level, "overlay: %s", failure)
+        for gone in sorted(self._last_failures - failures):
+            log.info("overlay: resolved: %s", gone)
+        self._last_failures = failures
         if report.bridge_ok:
             self._write_files(local)
 

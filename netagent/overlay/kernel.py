@@ -155,12 +155,34 @@ class OverlayKernel(Protocol):
         ...
 
     def replace_route(self, entry: RouteEntry) -> None:
-        """Add or update one of netagent's routes."""
+        """Add or update one of netagent's routes.
+
+        Raises :class:`ForeignRouteError`, changing nothing, when the main
+        table already holds a route to the same destination (metric 0) that
+        netagent did not create: ``ip route replace`` would overwrite it.
+        """
         ...
 
     def delete_route(self, entry: RouteEntry) -> None:
         """Remove one of netagent's routes."""
         ...
+
+
+class ForeignRouteError(RuntimeError):
+    """A route netagent did not create holds the destination it wants; it is left alone."""
+
+    def __init__(self, destination: ipaddress.IPv4Network, proto: int, how: str) -> None:
+        name = _PROTO_NAMES.get(proto, str(proto))
+        super().__init__(
+            f"a route to {destination} ({how}, proto {name}) exists that netagent did not "
+            "create; it is left in place (delete it to let netagent route the peer's pods)"
+        )
+        self.destination = destination
+        self.proto = proto
+
+
+#: Names ``ip route`` prints for the common protocol numbers (``/etc/iproute2/rt_protos``).
+_PROTO_NAMES = {2: "kernel", 3: "boot", 4: "static", 16: "dhcp", 186: "bgp"}
 
 
 def _ignore(exc: NetlinkError, *codes: int) -> None:
@@ -427,6 +449,7 @@ class PyrouteOverlayKernel:
         index = self.link_index(entry.device)
         if index is None:
             raise LookupError(f"device {entry.device} does not exist")
+        self._refuse_foreign(entry.destination)
         self._ipr.route(
             "replace",
             dst=str(entry.destination.network_address),
@@ -437,6 +460,25 @@ class PyrouteOverlayKernel:
             proto=ROUTE_PROTOCOL,
             table=MAIN_TABLE,
         )
+
+    def _refuse_foreign(self, destination: ipaddress.IPv4Network) -> None:
+        """Raise ForeignRouteError if someone else's route has this key (what replace hits)."""
+        for msg in self._ipr.route("dump", family=socket.AF_INET):
+            if (
+                msg["dst_len"] != destination.prefixlen
+                or msg.get("RTA_TABLE") != MAIN_TABLE
+                or (msg.get("RTA_PRIORITY") or 0) != 0
+                or msg["proto"] == ROUTE_PROTOCOL
+            ):
+                continue
+            dst = msg.get("RTA_DST") or "0.0.0.0"
+            if ipaddress.IPv4Address(dst) != destination.network_address:
+                continue
+            gateway, oif = msg.get("RTA_GATEWAY"), msg.get("RTA_OIF")
+            how = f"via {gateway}" if gateway else "direct"
+            if oif is not None:
+                how += f" dev {self._name_of(int(oif))}"
+            raise ForeignRouteError(destination, int(msg["proto"]), how)
 
     def delete_route(self, entry: RouteEntry) -> None:
         try:

@@ -21,10 +21,11 @@ semantics, so the reconciler's unit tests run anywhere:
 * :meth:`routes` returns only main-table routes with protocol
   :data:`~netagent.overlay.model.ROUTE_PROTOCOL` that have a gateway and a
   device; "foreign" routes (other protocols, tables or metrics) live beside
-  them. :meth:`replace_route` replaces whatever route has the same
-  destination and metric 0 in the main table, of any protocol (``ip route
-  replace`` does), needs the device up and, unless ``onlink``, a gateway on
-  one of the device's subnets (ENETUNREACH otherwise);
+  them. :meth:`replace_route` replaces netagent's route with the same
+  destination and metric 0 in the main table but refuses (ForeignRouteError,
+  nothing changed) when that key holds a route of another protocol, needs
+  the device up and, unless ``onlink``, a gateway on one of the device's
+  subnets (ENETUNREACH otherwise);
 * :meth:`fdb` and :meth:`neighbours` return only permanent entries on the
   device; learned / dynamic ones can be seeded with the ``add_foreign_*``
   helpers;
@@ -46,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from netagent.overlay.kernel import MAIN_TABLE, LinkState, OverlayKernel
+from netagent.overlay.kernel import MAIN_TABLE, ForeignRouteError, LinkState, OverlayKernel
 from netagent.overlay.model import ROUTE_PROTOCOL, FdbEntry, NeighEntry, RouteEntry
 
 __all__ = ["Call", "FakeOverlayKernel", "KernelRoute"]
@@ -505,6 +506,12 @@ class FakeOverlayKernel:
         if not entry.onlink and not any(entry.gateway in a.network for a in link.addresses):
             raise _os_error(errno.ENETUNREACH, f"nexthop {entry.gateway} has invalid gateway")
         route = KernelRoute(entry.destination, entry.gateway, entry.device, onlink=entry.onlink)
+        for other in self._routes:
+            if self._same_key(other, route) and other.proto != ROUTE_PROTOCOL:
+                how = f"via {other.gateway}" if other.gateway else "direct"
+                if other.device:
+                    how += f" dev {other.device}"
+                raise ForeignRouteError(entry.destination, other.proto, how)
         self._routes = [r for r in self._routes if not self._same_key(r, route)]
         self._routes.append(route)
 

@@ -482,6 +482,37 @@ def test_hand_deleted_route_fdb_and_neighbour_are_restored(
     assert re.search(r"overlay reconciled: .*added 1 fdb.*added 1 neigh.*added 1 route", log)
 
 
+def test_foreign_route_to_a_peer_subnet_is_left_alone_until_removed(
+    clusters: Callable[..., ClusterLab],
+) -> None:
+    """``ip route replace`` would overwrite it; netagent reports it and waits instead."""
+    lab = clusters("vxlan")
+    peer = lab.node("node-3")
+    # Someone routes node-3's pods their own way (plain via its underlay IP, proto static).
+    lab.ns_exec(
+        "node-1", ["ip", "route", "replace", peer.pod_cidr, "via", peer.ip, "proto", "static"]
+    )
+    agent = lab.node("node-1").agent
+    assert agent is not None
+    wait_until(
+        lambda: f"a route to {peer.pod_cidr} (via {peer.ip} dev eth0, proto static) exists"
+        in agent.log_text(),
+        SYNC_PERIOD + 5,
+        "the foreign route reported",
+    )
+    time.sleep(SYNC_PERIOD + 1)  # at least one more sync: still not overwritten
+    (route,) = ip_json(lab, "node-1", "route", "show", peer.pod_cidr)
+    assert (route["gateway"], route["dev"], route["protocol"]) == (peer.ip, "eth0", "static")
+    assert agent.log_text().count(f"overlay: added route {peer.pod_cidr}") == 1  # warned once
+    # It works, so traffic flows meanwhile; once removed, netagent's own route is back.
+    assert reply(lab, "tcp", "client-1", lab.pods["echo-3a"].ip, ECHO_TCP)[0] == "echo-3a"
+    lab.ns_exec("node-1", ["ip", "route", "del", peer.pod_cidr])
+    wait_until(
+        lambda: vxlan_entries_match(lab, "node-1"), SYNC_PERIOD + 5, "netagent's route restored"
+    )
+    assert reply(lab, "tcp", "client-1", lab.pods["echo-3a"].ip, ECHO_TCP)[0] == "echo-3a"
+
+
 def test_deleted_and_misconfigured_vxlan_device_is_recreated(
     clusters: Callable[..., ClusterLab],
 ) -> None:

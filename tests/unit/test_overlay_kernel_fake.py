@@ -14,7 +14,7 @@ import ipaddress
 
 import pytest
 
-from netagent.overlay.kernel import MAIN_TABLE
+from netagent.overlay.kernel import MAIN_TABLE, ForeignRouteError
 from netagent.overlay.kernel_fake import PROTO_KERNEL, Call, FakeOverlayKernel, KernelRoute
 from netagent.overlay.model import ROUTE_PROTOCOL, FdbEntry, NeighEntry, RouteEntry
 
@@ -225,15 +225,26 @@ def test_replace_route_is_idempotent_and_replaces_by_destination() -> None:
     assert len(k.all_routes()) == 1
 
 
-def test_replace_route_takes_over_a_foreign_route_with_the_same_key_like_ip_route_replace() -> None:
+def test_replace_route_refuses_a_foreign_route_with_the_same_key() -> None:
     k = kernel_with_vxlan()
-    k.add_foreign_route(net("10.244.2.0/24"), ip("192.168.1.1"), "eth0")
-    k.add_foreign_route(net("10.244.2.0/24"), ip("192.168.1.1"), "eth0", metric=100)
+    static = k.add_foreign_route(net("10.244.2.0/24"), ip("192.168.1.1"), "eth0")
+    other_metric = k.add_foreign_route(
+        net("10.244.2.0/24"), ip("192.168.1.1"), "eth0", metric=100
+    )
     route = RouteEntry(net("10.244.2.0/24"), IP_A, "eth0")
-    k.replace_route(route)
-    assert k.all_routes() == [
+    with pytest.raises(ForeignRouteError, match=r"10\.244\.2\.0/24 \(via 192\.168\.1\.1 dev eth0, "
+                       r"proto static\) exists that netagent did not create"):
+        k.replace_route(route)
+    assert k.all_routes() == sorted([static, other_metric], key=lambda r: r.metric)
+    # Another metric is another key: without the metric-0 route, netagent's goes in.
+    k2 = kernel_with_vxlan()
+    other_metric = k2.add_foreign_route(
+        net("10.244.2.0/24"), ip("192.168.1.1"), "eth0", metric=100
+    )
+    k2.replace_route(route)
+    assert k2.all_routes() == [
         KernelRoute(net("10.244.2.0/24"), IP_A, "eth0", ROUTE_PROTOCOL, MAIN_TABLE, 0),
-        KernelRoute(net("10.244.2.0/24"), ip("192.168.1.1"), "eth0", 4, MAIN_TABLE, 100),
+        other_metric,
     ]
 
 

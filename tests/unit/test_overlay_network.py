@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,22 @@ def test_from_config_carries_ip_masq_to_rules_and_subnet_env(
     assert rules is not None
     nat = rules.tables["nat"]["NETAGENT-OVERLAY-POSTRTG"]
     assert any("MASQUERADE" in r for r in nat) is ip_masq
+
+
+def test_a_persisting_failure_is_warned_once_and_its_end_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    net, kernel, _ = network(tmp_path)
+    kernel.add_foreign_link("cbr0", "veth")  # in the way: cbr0 cannot be built
+    caplog.set_level(logging.DEBUG, logger="netagent.overlay.agent")
+    for _ in range(3):
+        net.sync(NODES)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["overlay: cbr0 exists and is a veth link"]
+    repeats = [r for r in caplog.records if r.levelno == logging.DEBUG and "cbr0 exists" in r.getMessage()]
+    assert len(repeats) == 2
+    kernel.delete_link("cbr0")
+    caplog.clear()
+    net.sync(NODES)
+    assert "overlay: resolved: cbr0 exists and is a veth link" in caplog.text
+    assert (tmp_path / "subnet.env").exists()

@@ -818,3 +818,18 @@ def test_unowned_vxlan_device_with_other_checksum_setting_is_not_changed() -> No
     report = OverlayReconciler(k).reconcile(plan(config=NO_CSUM))
     assert "set_tx_checksum" not in k.call_names()
     assert any("tx checksum offload True != False" in f for f in report.failures)
+
+
+def test_foreign_route_to_a_peer_subnet_is_reported_and_left_the_rest_programmed() -> None:
+    k = new_kernel()
+    static = k.add_foreign_route(net("10.244.3.0/24"), ip("192.168.1.1"), "eth0")
+    r = OverlayReconciler(k)
+    desired = plan()
+    report = r.reconcile(desired)
+    (failure,) = report.failures
+    assert failure.startswith("added route 10.244.3.0/24: a route to 10.244.3.0/24")
+    assert "proto static" in failure and "did not create" in failure
+    assert static in k.all_routes()  # untouched
+    assert k.routes() == {vx_route(2)}  # the other peer is programmed
+    assert k.fdb(VX) == set(desired.fdb)  # and so are C's FDB and neighbour entries
+    assert k.neighbours(VX) == set(desired.neigh)
