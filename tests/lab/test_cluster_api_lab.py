@@ -225,8 +225,18 @@ def test_dropped_watches_and_410_relist_without_flap(cluster: ClusterLab) -> Non
     wait_for_answers(lab, ip, 80, {"echo-1a", "echo-1b", "echo-1c"})
 
 
-def _service_requests(lab: ClusterLab) -> list[dict[str, Any]]:
-    log = [r for r in lab.api.requests_log() if r["path"].startswith("/api/v1/services")]
+def _service_requests(lab: ClusterLab, since: float = 0.0) -> list[dict[str, Any]]:
+    """Requests for Services that arrived at ``since`` or later, in arrival order.
+
+    The server logs a request when it ends, with its arrival time: a watch
+    of an agent stopped just before the log was cleared can still be logged
+    after, so callers pass the time they cleared the log at.
+    """
+    log = [
+        r
+        for r in lab.api.requests_log()
+        if r["path"].startswith("/api/v1/services") and float(r["time"]) >= since
+    ]
     return sorted(log, key=lambda r: float(r["time"]))
 
 
@@ -235,12 +245,13 @@ def test_errors_and_429_lead_to_backoff(cluster: ClusterLab) -> None:
     # One agent only, so that the server's request log is that agent's requests.
     lab.stop_agent("node-2")
     lab.stop_agent("node-3")
+    cleared = time.time()
     lab.api.clear_requests_log()
     lab.api.inject_errors(500, 4, path="/api/v1/services")
     lab.api.close_watches()
     time.sleep(8.0)
-    failed = [r for r in _service_requests(lab) if r["status"] == 500]
-    assert len(failed) == 4, _service_requests(lab)
+    failed = [r for r in _service_requests(lab, since=cleared) if r["status"] == 500]
+    assert len(failed) == 4, _service_requests(lab, since=cleared)
     times = [float(r["time"]) for r in failed]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # Exponential backoff with jitter from the upper half: 0.4-0.8 s, then 0.8-1.6, 1.6-3.2.
@@ -251,11 +262,12 @@ def test_errors_and_429_lead_to_backoff(cluster: ClusterLab) -> None:
     # 429 with Retry-After, on a restarted agent (whose backoff starts small again):
     # its first lists are throttled and it waits at least Retry-After each time.
     lab.stop_agent("node-1")
+    cleared = time.time()
     lab.api.clear_requests_log()
     lab.api.inject_errors(429, 2, retry_after=3, path="/api/v1/services")
     lab.start_agent("node-1")
     time.sleep(9.0)
-    log = _service_requests(lab)
+    log = _service_requests(lab, since=cleared)
     statuses = [r["status"] for r in log]
     assert statuses[:2] == [429, 429], log
     # Retry-After: 3 is honoured: each retry comes at least 3 s after a 429.
