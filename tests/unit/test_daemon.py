@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 
 import pytest
 
 from netagent import daemon
 from netagent.api_agent import ApiAgent, NodeNetwork
 from netagent.change_tracker import ChangeTracker
-from netagent.config import build_config
+from netagent.config import AgentConfig, build_config
 from netagent.daemon import SourceTask, run_daemon
 from netagent.model import NodeInfo, ProxyState
 from netagent.observability import Observability
@@ -66,16 +66,40 @@ class Recorder:
         pass
 
 
-def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
-    config = build_config(
+def daemon_config(*, sync_period: str) -> AgentConfig:
+    """An API-mode config with a 10 ms minSyncPeriod (syncs as fast as the test asks)."""
+    return build_config(
         {
             "node_name": "n1",
             "cluster_cidrs": "10.244.0.0/16",
             "min_sync_period": "10ms",
-            "sync_period": "30s",
+            "sync_period": sync_period,
         },
         env={},
     )
+
+
+def run(
+    config: AgentConfig,
+    syncer: Recorder,
+    changes: Callable[[Callable[[], None], asyncio.Event], Coroutine[object, object, None]],
+) -> int:
+    """run_daemon with one change source, until the syncer stops it (10 s at most)."""
+
+    async def main() -> int:
+        return await run_daemon(
+            config,
+            syncer,
+            [SourceTask("changes", changes)],
+            stop=syncer.stop,
+            observe=Observability(config),
+        )
+
+    return asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
+    config = daemon_config(sync_period="30s")
     fake = FakeIptables()
     tracker = ChangeTracker(start_time=0.0)
     tracker.on_change(
@@ -110,16 +134,7 @@ def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
         wake()  # sync 4
         await stop.wait()
 
-    async def main() -> int:
-        return await run_daemon(
-            config,
-            syncer,
-            [SourceTask("changes", changes)],
-            stop=syncer.stop,
-            observe=Observability(config),
-        )
-
-    assert asyncio.run(asyncio.wait_for(main(), 10)) == 0
+    assert run(config, syncer, changes) == 0
     assert network.calls == 4
     assert syncer.requested == [True, False, True, False]
     # The failed sync applied nothing; the retry rewrote every chain, the next change did not.
@@ -132,15 +147,7 @@ def test_full_sync_is_not_starved_by_a_steady_stream_of_changes(
     # The hourly full sync and syncPeriod, shrunk to 0.3 s. A change arrives every
     # 20 ms, so a change is always pending and no sync is ever a periodic one.
     monkeypatch.setattr(daemon, "FULL_RESYNC_PERIOD", 0.3)
-    config = build_config(
-        {
-            "node_name": "n1",
-            "cluster_cidrs": "10.244.0.0/16",
-            "min_sync_period": "10ms",
-            "sync_period": "300ms",
-        },
-        env={},
-    )
+    config = daemon_config(sync_period="300ms")
     fake = FakeIptables()
     tracker = ChangeTracker(start_time=0.0)
     agent = ApiAgent(
@@ -172,16 +179,7 @@ def test_full_sync_is_not_starved_by_a_steady_stream_of_changes(
             if time.monotonic() - started > 1.0:
                 syncer.stop.set()
 
-    async def main() -> int:
-        return await run_daemon(
-            config,
-            syncer,
-            [SourceTask("changes", changes)],
-            stop=syncer.stop,
-            observe=Observability(config),
-        )
-
-    assert asyncio.run(asyncio.wait_for(main(), 10)) == 0
+    assert run(config, syncer, changes) == 0
     assert len(syncer.requested) >= 10  # many change-triggered syncs
     # The first sync, then at least one more full sync within the second, though
     # no sync was periodic; the others partial.

@@ -484,8 +484,8 @@ def test_non_vxlan_link_named_like_the_vxlan_device_is_reported_not_deleted() ->
     assert k.routes() == set() and k.fdb(VX) == set()
 
 
-def test_unowned_matching_vxlan_device_is_used_and_left_by_remove_all() -> None:
-    k = new_kernel()
+def add_foreign_flannel_1(k: FakeOverlayKernel, *, mtu: int = 1450) -> None:
+    """A flannel.1 someone else made, with the settings the default plan wants (except MTU)."""
     k.add_foreign_link(
         VX,
         "vxlan",
@@ -495,8 +495,13 @@ def test_unowned_matching_vxlan_device_is_used_and_left_by_remove_all() -> None:
         learning=False,
         underlay="eth0",
         mac=LOCAL_MAC,
-        mtu=1450,
+        mtu=mtu,
     )
+
+
+def test_unowned_matching_vxlan_device_is_used_and_left_by_remove_all() -> None:
+    k = new_kernel()
+    add_foreign_flannel_1(k)
     r = OverlayReconciler(k)
     report = r.reconcile(plan())
     assert "created vxlan" not in report.counts and "removed vxlan" not in report.counts
@@ -521,17 +526,7 @@ def test_unowned_misconfigured_vxlan_device_is_not_deleted() -> None:
 
 def test_unowned_vxlan_device_with_other_mtu_is_not_reconfigured() -> None:
     k = new_kernel()
-    k.add_foreign_link(
-        VX,
-        "vxlan",
-        vni=1,
-        port=8472,
-        local=ip("192.168.1.10"),
-        learning=False,
-        underlay="eth0",
-        mac=LOCAL_MAC,
-        mtu=1400,
-    )
+    add_foreign_flannel_1(k, mtu=1400)
     report = OverlayReconciler(k).reconcile(plan())
     assert "set_link" not in k.call_names() and "delete_link" not in k.call_names()
     link = k.link(VX)
@@ -804,17 +799,7 @@ def test_failing_checksum_switch_is_reported_and_peers_still_programmed() -> Non
 
 def test_unowned_vxlan_device_with_other_checksum_setting_is_not_changed() -> None:
     k = new_kernel()
-    k.add_foreign_link(
-        VX,
-        "vxlan",
-        vni=1,
-        port=8472,
-        local=ip("192.168.1.10"),
-        learning=False,
-        underlay="eth0",
-        mac=LOCAL_MAC,
-        mtu=1450,
-    )
+    add_foreign_flannel_1(k)
     report = OverlayReconciler(k).reconcile(plan(config=NO_CSUM))
     assert "set_tx_checksum" not in k.call_names()
     assert any("tx checksum offload True != False" in f for f in report.failures)
