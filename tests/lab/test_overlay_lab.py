@@ -671,6 +671,55 @@ def test_six_agents_started_at_once_claim_distinct_subnets(tmp_path: Path) -> No
         lab.down()
 
 
+def test_foreign_flannel_1_with_other_settings_is_left_alone_until_deleted(
+    tmp_path: Path,
+) -> None:
+    """A flannel.1 netagent did not create (flannel's, say) is never reconfigured or deleted."""
+    lab = ClusterLab(
+        nodes=2,
+        overlay="vxlan",
+        workdir=tmp_path / "lab",
+        keep_workdir=True,
+        agent_args=AGENT_ARGS,
+        start_agents=False,
+    )
+    try:
+        lab.up()
+        n1, n2 = lab.node("node-1"), lab.node("node-2")
+        lab.ns_exec(
+            "node-1",
+            ["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "7", "dstport", "4789",
+             "dev", "eth0", "local", n1.ip],
+        )  # fmt: skip
+        before = ip_json(lab, "node-1", "link", "show", "flannel.1")
+        for node in lab.nodes.values():
+            lab.start_agent(node.name)
+        lab.wait_for_pod_networks()  # cbr0 and the CNI files do not depend on flannel.1
+        agent = n1.agent
+        assert agent is not None
+        wait_until(
+            lambda: "flannel.1 exists, was not created by netagent and differs (vni 7 != 1, "
+            "port 4789 != 8472" in agent.log_text(),
+            15,
+            "the foreign flannel.1 reported",
+        )
+        time.sleep(SYNC_PERIOD + 1)  # another sync: still untouched
+        after = ip_json(lab, "node-1", "link", "show", "flannel.1")
+        assert after == before
+        assert "ifalias" not in after[0]
+        assert lab.node("node-2").pod_cidr not in owned_routes(lab, "node-1")
+        # node-2 is fine on its own side (it programs node-1 as a peer).
+        assert vxlan_entries_match(lab, "node-2")
+        # Once it is deleted by hand, the next sync creates netagent's own; traffic flows.
+        lab.ns_exec("node-1", ["ip", "link", "del", "flannel.1"])
+        wait_until(lambda: vxlan_entries_match(lab, "node-1"), SYNC_PERIOD + 5, "flannel.1 built")
+        (link,) = ip_json(lab, "node-1", "link", "show", "flannel.1")
+        assert link["ifalias"] == "netagent" and link["linkinfo"]["info_data"]["id"] == 1
+        lab.ns_exec("node-1", ["ping", "-c", "1", "-W", "2", n2.bridge_ip])
+    finally:
+        lab.down()
+
+
 def test_multi_nic_nodes_use_the_interface_they_are_told(tmp_path: Path) -> None:
     """A second link between the nodes; ``--iface``/``--public-ip`` move the overlay onto it."""
     lab = ClusterLab(
