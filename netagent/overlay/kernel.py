@@ -181,6 +181,15 @@ class ForeignRouteError(RuntimeError):
         self.proto = proto
 
 
+@dataclass(frozen=True, slots=True)
+class _Foreign:
+    """A route another program holds: its protocol, gateway and output interface index."""
+
+    proto: int
+    gateway: str | None
+    oif: int | None
+
+
 #: Names ``ip route`` prints for the common protocol numbers (``/etc/iproute2/rt_protos``).
 _PROTO_NAMES = {2: "kernel", 3: "boot", 4: "static", 16: "dhcp", 186: "bgp"}
 
@@ -196,6 +205,8 @@ class PyrouteOverlayKernel:
     def __init__(self) -> None:
         self._ipr = IPRoute()
         self._ethtool: Ethtool | None = None  # opened on first use (VXLAN only)
+        #: Main-table metric-0 route keys held by other protocols, from the last dump.
+        self._foreign: dict[ipaddress.IPv4Network, _Foreign] | None = None
 
     def close(self) -> None:
         """Release the netlink socket."""
@@ -427,23 +438,34 @@ class PyrouteOverlayKernel:
     # ---- routes -------------------------------------------------------------------------
 
     def routes(self) -> set[RouteEntry]:
-        out = set()
+        owned, self._foreign = self._dump_routes()
+        return owned
+
+    def _dump_routes(self) -> tuple[set[RouteEntry], dict[ipaddress.IPv4Network, _Foreign]]:
+        """One dump: netagent's routes, and the main-table metric-0 keys others hold."""
+        owned: set[RouteEntry] = set()
+        foreign: dict[ipaddress.IPv4Network, _Foreign] = {}
         for msg in self._ipr.route("dump", family=socket.AF_INET):
-            if msg["proto"] != ROUTE_PROTOCOL or msg.get("RTA_TABLE") != MAIN_TABLE:
+            if msg.get("RTA_TABLE") != MAIN_TABLE:
                 continue
+            destination = ipaddress.IPv4Network((msg.get("RTA_DST") or "0.0.0.0", msg["dst_len"]))
             gateway = msg.get("RTA_GATEWAY")
             oif = msg.get("RTA_OIF")
+            if msg["proto"] != ROUTE_PROTOCOL:
+                if (msg.get("RTA_PRIORITY") or 0) == 0:
+                    foreign[destination] = _Foreign(int(msg["proto"]), gateway, oif)
+                continue
             if gateway is None or oif is None:
                 continue
-            out.add(
+            owned.add(
                 RouteEntry(
-                    ipaddress.IPv4Network((msg.get("RTA_DST") or "0.0.0.0", msg["dst_len"])),
+                    destination,
                     ipaddress.IPv4Address(gateway),
                     self._name_of(int(oif)),
                     onlink=bool(msg["flags"] & RTNH_F_ONLINK),
                 )
             )
-        return out
+        return owned, foreign
 
     def replace_route(self, entry: RouteEntry) -> None:
         index = self.link_index(entry.device)
@@ -462,23 +484,23 @@ class PyrouteOverlayKernel:
         )
 
     def _refuse_foreign(self, destination: ipaddress.IPv4Network) -> None:
-        """Raise ForeignRouteError if someone else's route has this key (what replace hits)."""
-        for msg in self._ipr.route("dump", family=socket.AF_INET):
-            if (
-                msg["dst_len"] != destination.prefixlen
-                or msg.get("RTA_TABLE") != MAIN_TABLE
-                or (msg.get("RTA_PRIORITY") or 0) != 0
-                or msg["proto"] == ROUTE_PROTOCOL
-            ):
-                continue
-            dst = msg.get("RTA_DST") or "0.0.0.0"
-            if ipaddress.IPv4Address(dst) != destination.network_address:
-                continue
-            gateway, oif = msg.get("RTA_GATEWAY"), msg.get("RTA_OIF")
-            how = f"via {gateway}" if gateway else "direct"
-            if oif is not None:
-                how += f" dev {self._name_of(int(oif))}"
-            raise ForeignRouteError(destination, int(msg["proto"]), how)
+        """Raise ForeignRouteError if someone else's route has this key (what replace hits).
+
+        Uses the foreign keys of the last :meth:`routes` dump, which a reconcile
+        pass takes before any replace: one dump per pass, not one per route (a
+        thousand peers at start-up would otherwise parse the table a thousand
+        times). A foreign route added between that dump and the replace is not
+        seen; the window is one pass.
+        """
+        if self._foreign is None:
+            _, self._foreign = self._dump_routes()
+        found = self._foreign.get(destination)
+        if found is None:
+            return
+        how = f"via {found.gateway}" if found.gateway else "direct"
+        if found.oif is not None:
+            how += f" dev {self._name_of(int(found.oif))}"
+        raise ForeignRouteError(destination, found.proto, how)
 
     def delete_route(self, entry: RouteEntry) -> None:
         try:
