@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.synthetic import build_state, with_one_endpoint_changed
 from netagent.model import IPFamily
-from netagent.proxy.iptables_apply import CANARY_CHAIN, IptablesApplier
-from netagent.proxy.iptables_render import clear_render_cache, render_iptables
-from netagent.proxy.iptables_runner import SubprocessIptables
+from netagent.proxy.iptables.apply import CANARY_CHAIN, IptablesApplier
+from netagent.proxy.iptables.render import clear_render_cache, render_iptables
+from netagent.proxy.iptables.runner import SubprocessIptables
 
 
 @contextlib.contextmanager

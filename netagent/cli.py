@@ -1,7 +1,7 @@
 """Command line: a thin layer that parses flags and calls into the agent.
 
 Why thin: everything the CLI does is reachable from Python (tests, the lab),
-so behaviour lives in :mod:`netagent.agent` and friends; this module only
+so behaviour lives in :mod:`netagent.runtime.manifest_agent` and friends; this module only
 turns flags into an :class:`netagent.config.AgentConfig`, sets up logging and
 maps outcomes to exit codes (0 ok, 1 runtime failure, 2 bad usage/config).
 """
@@ -177,7 +177,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from netagent import agent
+    from netagent.runtime import manifest_agent as agent
 
     flags = {
         k: getattr(args, k)
@@ -251,7 +251,7 @@ def _check_underlay(config: AgentConfig) -> ConfigError | None:
 
 
 def _run_api(config: AgentConfig) -> int:
-    from netagent import api_agent
+    from netagent.runtime import api_agent
     from netagent.sources.kubeconfig import KubeconfigError
 
     if config.overlay_backend != "none":
@@ -297,8 +297,8 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cleanup_iptables() -> bool:
     """netagent's chains and jumps with every installed backend and family; False on a failure."""
     from netagent.model import IPFamily
-    from netagent.proxy.iptables_apply import IptablesApplier
-    from netagent.proxy.iptables_runner import SubprocessIptables
+    from netagent.proxy.iptables.apply import IptablesApplier
+    from netagent.proxy.iptables.runner import SubprocessIptables
 
     ok = True
     cleaned_any = False

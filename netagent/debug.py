@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 from netagent.model import IPAddress
-from netagent.trace.iptables_parse import RuleParseError, parse_ruleset
-from netagent.trace.iptables_trace import NodeView, Origin, Packet, TraceError, trace_packet
+from netagent.proxy.iptables.parse import RuleParseError, parse_ruleset
+from netagent.proxy.iptables.trace import NodeView, Origin, Packet, TraceError, trace_packet
 
 
 def kernel_local_ips() -> frozenset[IPAddress]:

@@ -34,7 +34,6 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
-from netagent.api_agent import NodeNetwork
 from netagent.config import AgentConfig
 from netagent.model import NodeInfo
 from netagent.overlay import annotations as ann
@@ -55,8 +54,9 @@ from netagent.overlay.plan import plan_overlay
 from netagent.overlay.reconcile import OverlayReconciler
 from netagent.overlay.subnet_alloc import KubernetesNodeApi, NodeApi, NodeClaimer
 from netagent.overlay.underlay import Underlay, find_underlay
-from netagent.proxy.iptables_proxier import ExtraRules
-from netagent.proxy.iptables_rules import JumpRule
+from netagent.proxy.iptables.proxier import ExtraRules
+from netagent.proxy.iptables.rules import JumpRule
+from netagent.runtime.api_agent import NodeNetwork
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ traffic between pods must keep its source (NetworkPolicy and logs depend on
 it). And a host whose FORWARD policy is DROP (Docker sets that) must still
 forward pod traffic.
 
-Pure: the output is a :class:`~netagent.proxy.iptables_rules.RenderedIptables`
+Pure: the output is a :class:`~netagent.proxy.iptables.rules.RenderedIptables`
 (the proxy's vocabulary), a function of the arguments only, so the applier
 can diff it and tests can trace it with :mod:`netagent.trace`.
 
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from netagent.model import IPFamily
 from netagent.overlay.model import IPv4Network
-from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
 
 POSTROUTING_CHAIN = "NETAGENT-OVERLAY-POSTRTG"
 FORWARD_CHAIN = "NETAGENT-OVERLAY-FWD"

@@ -40,9 +40,9 @@ from netagent.model import (
     ServicePortName,
 )
 from netagent.proxy.conntrack import ConntrackTool, stale_udp_flows
-from netagent.proxy.iptables_apply import CANARY_CHAIN, IptablesApplier
-from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
-from netagent.proxy.iptables_runner import (
+from netagent.proxy.iptables.apply import CANARY_CHAIN, IptablesApplier
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
+from netagent.proxy.iptables.runner import (
     Backend,
     IptablesError,
     SubprocessIptables,

@@ -26,8 +26,8 @@ from netagent.model import (
     SessionAffinity,
     TrafficPolicy,
 )
-from netagent.proxy.iptables_render import render_iptables
-from netagent.trace.iptables_trace import NodeView, Origin, Packet, trace_packet
+from netagent.proxy.iptables.render import render_iptables
+from netagent.proxy.iptables.trace import NodeView, Origin, Packet, trace_packet
 
 pytestmark = pytest.mark.lab
 ip = ipaddress.ip_address

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from netagent.agent import ManifestAgent
 from netagent.config import build_config
+from netagent.runtime.manifest_agent import ManifestAgent
 
 SERVICE = """\
 apiVersion: v1

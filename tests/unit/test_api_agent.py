@@ -12,13 +12,13 @@ import ipaddress
 
 import pytest
 
-from netagent.api_agent import ApiAgent, NodeNetwork
 from netagent.change_tracker import ChangeTracker
 from netagent.config import build_config
 from netagent.model import IPFamily, NodeInfo
-from netagent.proxy.iptables_fake import FakeIptables
-from netagent.proxy.iptables_proxier import ExtraRules, IptablesProxier
-from netagent.proxy.iptables_rules import JumpRule
+from netagent.proxy.iptables.fake import FakeIptables
+from netagent.proxy.iptables.proxier import ExtraRules, IptablesProxier
+from netagent.proxy.iptables.rules import JumpRule
+from netagent.runtime.api_agent import ApiAgent, NodeNetwork
 from netagent.translate import endpoint_slice, service_ports
 
 

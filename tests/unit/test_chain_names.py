@@ -8,8 +8,8 @@ import hashlib
 import pytest
 
 from netagent.model import Protocol, ServicePortName
-from netagent.proxy import chain_names as cn
-from netagent.proxy.iptables_rules import CHAIN_PREFIX, MAX_CHAIN_NAME
+from netagent.proxy.iptables import chain_names as cn
+from netagent.proxy.iptables.rules import CHAIN_PREFIX, MAX_CHAIN_NAME
 
 SPN = ServicePortName("default", "web", "http")
 PER_PORT = (cn.service_chain, cn.external_chain, cn.firewall_chain, cn.local_chain)

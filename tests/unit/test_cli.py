@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from netagent import api_agent, cli
+from netagent import cli
 from netagent.cli import main
 from netagent.config import AgentConfig
 from netagent.overlay import kernel as overlay_kernel
@@ -16,6 +16,7 @@ from netagent.overlay import underlay
 from netagent.overlay.kernel_fake import FakeOverlayKernel
 from netagent.overlay.model import RouteEntry
 from netagent.overlay.underlay import Underlay, UnderlayError
+from netagent.runtime import api_agent
 
 
 def test_invalid_cluster_cidr_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

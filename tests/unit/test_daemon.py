@@ -15,16 +15,16 @@ from collections.abc import Callable, Coroutine, Mapping
 
 import pytest
 
-from netagent import daemon
-from netagent.api_agent import ApiAgent, NodeNetwork
 from netagent.change_tracker import ChangeTracker
 from netagent.config import AgentConfig, build_config
-from netagent.daemon import SourceTask, run_daemon
 from netagent.model import NodeInfo, ProxyState
-from netagent.observability import Observability
-from netagent.proxy.iptables_fake import FakeIptables
-from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
-from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.observe.observability import Observability
+from netagent.proxy.iptables.fake import FakeIptables
+from netagent.proxy.iptables.proxier import IptablesProxier, SyncResult
+from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.runtime import daemon
+from netagent.runtime.api_agent import ApiAgent, NodeNetwork
+from netagent.runtime.daemon import SourceTask, run_daemon
 from netagent.translate import service_ports
 
 

@@ -1,4 +1,4 @@
-"""netagent.health: the proxy health state machine and the HTTP servers, on 127.0.0.1.
+"""netagent.observe.health: the proxy health state machine and the HTTP servers, on 127.0.0.1.
 
 Covers: healthy at start, while a queued change is younger than 2 x
 syncPeriod, unhealthy after, healthy again once applied; per-family
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from netagent.health import HealthServer, ProxyHealth, ServiceHealthServers, split_host_port
 from netagent.model import NodeInfo, ServicePortName
+from netagent.observe.health import HealthServer, ProxyHealth, ServiceHealthServers, split_host_port
 
 T0 = 1_700_000_000.0
 
@@ -255,7 +255,7 @@ def test_a_bind_failure_is_logged_per_service_and_does_not_stop_the_others(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        caplog.set_level(logging.DEBUG, logger="netagent.health")
+        caplog.set_level(logging.DEBUG, logger="netagent.observe.health")
         try:
             wanted: dict[Any, tuple[int, int]] = {"prod/busy": (busy, 1), "prod/ok": (ok_port, 1)}
             servers.sync(wanted)

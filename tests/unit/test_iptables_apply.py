@@ -15,10 +15,10 @@ import logging
 import pytest
 
 from netagent.model import IPFamily
-from netagent.proxy.iptables_apply import CANARY_CHAIN, CANARY_TABLES, IptablesApplier
-from netagent.proxy.iptables_fake import FakeIptables
-from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
-from netagent.proxy.iptables_runner import IptablesError
+from netagent.proxy.iptables.apply import CANARY_CHAIN, CANARY_TABLES, IptablesApplier
+from netagent.proxy.iptables.fake import FakeIptables
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
+from netagent.proxy.iptables.runner import IptablesError
 
 SERVICES_JUMP = '-m comment --comment "netagent service portals" -j NETAGENT-SERVICES'
 FORWARD_JUMP = '-m comment --comment "netagent forward" -j NETAGENT-FORWARD'

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from netagent.model import IPFamily
-from netagent.proxy.iptables_fake import FakeIptables
-from netagent.proxy.iptables_runner import (
+from netagent.proxy.iptables.fake import FakeIptables
+from netagent.proxy.iptables.runner import (
     CommandOutput,
     IptablesError,
     SubprocessIptables,

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from netagent.trace.iptables_parse import RuleParseError, parse_ruleset
+from netagent.proxy.iptables.parse import RuleParseError, parse_ruleset
 
 RESTORE = """\
 *nat

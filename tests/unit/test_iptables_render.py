@@ -35,11 +35,11 @@ from netagent.model import (
     SessionAffinity,
     TrafficPolicy,
 )
-from netagent.proxy import chain_names as cn
-from netagent.proxy.iptables_apply import IptablesApplier
-from netagent.proxy.iptables_fake import FakeIptables
-from netagent.proxy.iptables_render import clear_render_cache, probability, render_iptables
-from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.proxy.iptables import chain_names as cn
+from netagent.proxy.iptables.apply import IptablesApplier
+from netagent.proxy.iptables.fake import FakeIptables
+from netagent.proxy.iptables.render import clear_render_cache, probability, render_iptables
+from netagent.proxy.iptables.rules import RenderedIptables
 
 GOLDEN = Path(__file__).parent / "golden"
 ip = ipaddress.ip_address

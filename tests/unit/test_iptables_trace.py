@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from netagent.trace.iptables_trace import NodeView, Origin, Packet, TraceError, trace_packet
+from netagent.proxy.iptables.trace import NodeView, Origin, Packet, TraceError, trace_packet
 
 NODE = NodeView(local_ips=frozenset({ipaddress.ip_address("192.0.2.2")}))
 

@@ -1,4 +1,4 @@
-"""netagent.metrics: kube-proxy's metric names and their values, and the /metrics server.
+"""netagent.observe.metrics: kube-proxy's metric names and their values, and the /metrics server.
 
 Covers: every kube-proxy name appears in the exposition with the right type;
 observe_sync feeds the overall and the full/partial histograms and the last
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from netagent.change_tracker import ChangeTracker
-from netagent.metrics import MetricsServer, ProxyMetrics, rule_counts
 from netagent.model import IPFamily
-from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
+from netagent.observe.metrics import MetricsServer, ProxyMetrics, rule_counts
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
 
 NAMES = {
     "kubeproxy_sync_proxy_rules_duration_seconds": "histogram",

@@ -18,9 +18,9 @@ from netagent.overlay.masquerade_render import (
     POSTROUTING_CHAIN,
     render_overlay_rules,
 )
-from netagent.proxy.iptables_rules import MAX_CHAIN_NAME, JumpRule, is_owned_chain
-from netagent.trace.iptables_parse import parse_ruleset
-from netagent.trace.iptables_trace import NodeView, Origin, Packet, trace_packet
+from netagent.proxy.iptables.parse import parse_ruleset
+from netagent.proxy.iptables.rules import MAX_CHAIN_NAME, JumpRule, is_owned_chain
+from netagent.proxy.iptables.trace import NodeView, Origin, Packet, trace_packet
 
 NET = ipaddress.IPv4Network("10.244.0.0/16")
 LOCAL = ipaddress.IPv4Network("10.244.1.0/24")

@@ -1,7 +1,7 @@
 """Service semantics, proven by tracing packets through the rendered iptables rules.
 
 Each case renders a ProxyState, walks one packet through the ``iptables-save``
-text with the packet tracer (netagent.trace.iptables_trace), and checks which
+text with the packet tracer (netagent.proxy.iptables.trace), and checks which
 endpoints it can reach, the final verdict, and whether its source is
 masqueraded. The cases follow the behaviour users rely on in kube-proxy's
 iptables mode (see /work/shared/ANCHORS.md): ClusterIP from pods, the host
@@ -33,8 +33,8 @@ from netagent.model import (
     SessionAffinity,
     TrafficPolicy,
 )
-from netagent.proxy.iptables_render import render_iptables
-from netagent.trace import iptables_trace as trace
+from netagent.proxy.iptables import trace
+from netagent.proxy.iptables.render import render_iptables
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

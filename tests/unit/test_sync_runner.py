@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from netagent.sync_runner import BoundedFrequencyRunner
+from netagent.runtime.sync_runner import BoundedFrequencyRunner
 
 
 def run(coro_fn, timeout: float = 5.0):  # type: ignore[no-untyped-def]
@@ -104,7 +104,7 @@ def test_stop_interrupts_long_wait() -> None:
 
 
 def test_full_sync_schedule_spaces_slow_full_syncs() -> None:
-    from netagent.sync_runner import FullSyncSchedule
+    from netagent.runtime.sync_runner import FullSyncSchedule
 
     now = [0.0]
     sched = FullSyncSchedule(30.0, spacing=10.0, clock=lambda: now[0])

@@ -11,7 +11,7 @@ The hash is the first 12 base32 characters (60 bits) of a SHA-256 digest of
 an unambiguous description of the object. At 100,000 chains the chance that
 two collide is about 1 in 10^8; a collision test over 10,000 services keeps
 the encoding honest. Every name starts with
-:data:`~netagent.proxy.iptables_rules.CHAIN_PREFIX`, so the applier's rule
+:data:`~netagent.proxy.iptables.rules.CHAIN_PREFIX`, so the applier's rule
 "touch only chains with our prefix" covers all of them.
 """
 
@@ -22,7 +22,7 @@ import logging
 from typing import NamedTuple
 
 from netagent.model import Protocol, ServicePortName
-from netagent.proxy.iptables_rules import CHAIN_PREFIX, MAX_CHAIN_NAME
+from netagent.proxy.iptables.rules import CHAIN_PREFIX, MAX_CHAIN_NAME
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from netagent.model import IPFamily, ProxyState
 from netagent.proxy.conntrack import Conntrack, stale_udp_flows
-from netagent.proxy.iptables_apply import ApplyResult, IptablesApplier
-from netagent.proxy.iptables_render import render_iptables
-from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
-from netagent.proxy.iptables_runner import IptablesRunner
+from netagent.proxy.iptables.apply import ApplyResult, IptablesApplier
+from netagent.proxy.iptables.render import render_iptables
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
+from netagent.proxy.iptables.runner import IptablesRunner
 
 log = logging.getLogger(__name__)
 

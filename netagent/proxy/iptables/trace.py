@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from netagent.model import IPAddress
-from netagent.trace.iptables_parse import Match, Rule, Ruleset, parse_ruleset
+from netagent.proxy.iptables.parse import Match, Rule, Ruleset, parse_ruleset
 
 MAX_DEPTH = 64
 _LOOPBACK4 = ipaddress.ip_network("127.0.0.0/8")

@@ -3,7 +3,7 @@
 Why a module of its own: ``netagent run`` is the same process whatever feeds
 it objects. There is one sync function (load the desired state, render, apply
 every family), one bounded-frequency runner that decides *when* it runs, one
-:class:`netagent.observability.Observability` that reports each outcome, and
+:class:`netagent.observe.observability.Observability` that reports each outcome, and
 one or more source tasks that wake the runner when something changed.
 
 Tasks are named and guarded, in the way kopf does it: every task runs until
@@ -37,10 +37,10 @@ from typing import Protocol
 
 from netagent.config import AgentConfig
 from netagent.model import ProxyState
-from netagent.observability import Observability
-from netagent.proxy.iptables_proxier import SyncResult
-from netagent.proxy.iptables_rules import RenderedIptables
-from netagent.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
+from netagent.observe.observability import Observability
+from netagent.proxy.iptables.proxier import SyncResult
+from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.runtime.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
 
 log = logging.getLogger(__name__)
 

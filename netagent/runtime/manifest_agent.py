@@ -4,7 +4,7 @@ Why this shape: the data flows one way — the source yields a snapshot of
 objects, :func:`netagent.state.build_proxy_state` turns it into the desired
 state, and each family's proxier renders and applies it. The loop itself only
 decides *when* to sync (a change on disk, the periodic full resync, a retry
-after a failure) through :class:`netagent.sync_runner.BoundedFrequencyRunner`.
+after a failure) through :class:`netagent.runtime.sync_runner.BoundedFrequencyRunner`.
 
 Failure policy: a sync that raises leaves the kernel as it was (the apply is
 one atomic iptables-restore), logs why, and the next sync is a full one. A bad
@@ -21,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from netagent.config import AgentConfig
-from netagent.daemon import SourceTask, install_signal_handlers, run_daemon
 from netagent.model import IPFamily, NodeInfo, ProxyState
-from netagent.observability import Observability
+from netagent.observe.observability import Observability
 from netagent.proxy.conntrack import ConntrackTool
-from netagent.proxy.iptables_proxier import IptablesProxier, SyncResult
-from netagent.proxy.iptables_rules import RenderedIptables
-from netagent.proxy.iptables_runner import SubprocessIptables, resolve_backend
+from netagent.proxy.iptables.proxier import IptablesProxier, SyncResult
+from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.proxy.iptables.runner import SubprocessIptables, resolve_backend
 from netagent.proxy.sysctl import ProcSysctl, ensure_proxy_sysctls
+from netagent.runtime.daemon import SourceTask, install_signal_handlers, run_daemon
 from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
 from netagent.state import build_proxy_state
 from netagent.translate import InvalidObject

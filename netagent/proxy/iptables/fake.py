@@ -31,8 +31,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from netagent.model import IPFamily
-from netagent.proxy.iptables_rules import BUILTIN_CHAINS, TABLE_ORDER
-from netagent.proxy.iptables_runner import IptablesError, rule_target
+from netagent.proxy.iptables.rules import BUILTIN_CHAINS, TABLE_ORDER
+from netagent.proxy.iptables.runner import IptablesError, rule_target
 
 log = logging.getLogger(__name__)
 

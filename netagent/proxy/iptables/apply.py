@@ -22,7 +22,7 @@ deletes owned chains the kernel has that are no longer desired, and fixes
 the jump rules in built-in chains (missing, stale, duplicated, or below a
 foreign rule) inside the same payload, so they land with the chains they
 point to. Only chains whose names start with
-:data:`~netagent.proxy.iptables_rules.CHAIN_PREFIX`, and rules in built-in
+:data:`~netagent.proxy.iptables.rules.CHAIN_PREFIX`, and rules in built-in
 chains that jump to such chains, are ever written or deleted; foreign chains
 and rules are never declared, flushed or deleted, so they keep their exact
 text and counters.
@@ -35,7 +35,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from netagent.proxy.iptables_rules import (
+from netagent.proxy.iptables.rules import (
     BUILTIN_CHAINS,
     MAX_CHAIN_NAME,
     TABLE_ORDER,
@@ -43,7 +43,7 @@ from netagent.proxy.iptables_rules import (
     RenderedIptables,
     is_owned_chain,
 )
-from netagent.proxy.iptables_runner import (
+from netagent.proxy.iptables.runner import (
     IptablesError,
     IptablesRunner,
     SavedTable,

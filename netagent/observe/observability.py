@@ -4,9 +4,9 @@ Why one object: the sync loop has three moments that matter to operators —
 a change was queued, a sync succeeded, a sync failed — and each of them
 updates the health state machine, the Prometheus metrics and the per-service
 health-check listeners together. Keeping that fan-out here keeps
-:mod:`netagent.agent` a loop that only decides when to sync.
+:mod:`netagent.runtime.manifest_agent` a loop that only decides when to sync.
 
-The servers come from :mod:`netagent.health` and :mod:`netagent.metrics`.
+The servers come from :mod:`netagent.observe.health` and :mod:`netagent.observe.metrics`.
 A port that cannot be bound is logged and the agent keeps programming
 rules: a missing /metrics must never take a node's Services down.
 """
@@ -17,12 +17,12 @@ import logging
 from collections.abc import Sequence
 
 from netagent.config import AgentConfig
-from netagent.health import HealthServer, ProxyHealth, ServiceHealthServers
-from netagent.metrics import MetricsServer, ProxyMetrics, rule_counts
 from netagent.model import ProxyState, ServicePortName
+from netagent.observe.health import HealthServer, ProxyHealth, ServiceHealthServers
+from netagent.observe.metrics import MetricsServer, ProxyMetrics, rule_counts
 from netagent.proxy.endpoint_selection import select_endpoints
-from netagent.proxy.iptables_proxier import SyncResult
-from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.proxy.iptables.proxier import SyncResult
+from netagent.proxy.iptables.rules import RenderedIptables
 
 log = logging.getLogger(__name__)
 

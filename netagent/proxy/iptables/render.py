@@ -68,9 +68,9 @@ from netagent.model import (
     ServicePortName,
     SessionAffinity,
 )
-from netagent.proxy import chain_names as cn
 from netagent.proxy.endpoint_selection import EndpointSelection, select_endpoints
-from netagent.proxy.iptables_rules import JumpRule, RenderedIptables
+from netagent.proxy.iptables import chain_names as cn
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
 
 _LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 _LOOPBACK_V6 = ipaddress.ip_network("::1/128")

@@ -46,7 +46,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.proxy.iptables.rules import RenderedIptables
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ PROGRAMMING_BUCKETS = (
 
 
 class SyncTiming(Protocol):
-    """What one sync reports (``netagent.proxy.iptables_proxier.SyncResult`` fits)."""
+    """What one sync reports (``netagent.proxy.iptables.proxier.SyncResult`` fits)."""
 
     @property
     def render_seconds(self) -> float: ...

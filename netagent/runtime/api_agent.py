@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 
 from kubernetes.client import ApiClient
 
-from netagent.agent import families_for, log_sync, make_proxier, prepare_host
 from netagent.change_tracker import ChangeTracker, TrackedState
 from netagent.config import AgentConfig
-from netagent.daemon import SourceTask, install_signal_handlers, run_daemon
 from netagent.model import EndpointSliceInfo, IPFamily, NodeInfo, ProxyState, ServicePort
-from netagent.observability import Observability
-from netagent.proxy.iptables_proxier import ExtraRules, IptablesProxier, SyncResult
-from netagent.proxy.iptables_rules import RenderedIptables
+from netagent.observe.observability import Observability
+from netagent.proxy.iptables.proxier import ExtraRules, IptablesProxier, SyncResult
+from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.runtime.daemon import SourceTask, install_signal_handlers, run_daemon
+from netagent.runtime.manifest_agent import families_for, log_sync, make_proxier, prepare_host
 from netagent.sources.api_watch import ApiWatch, WatchSettings
 from netagent.sources.kubeconfig import api_client_for_url, api_client_from_environment, describe
 from netagent.state import build_proxy_state

@@ -3,7 +3,7 @@
 Why a Protocol with few methods: the applier needs only an atomic write
 (``iptables-restore --noflush``), a read (``iptables-save``) and a cheap
 existence check for the canary chain. Keeping the seam this narrow lets
-:class:`netagent.proxy.iptables_fake.FakeIptables` model it faithfully, so
+:class:`netagent.proxy.iptables.fake.FakeIptables` model it faithfully, so
 the applier is tested without root, and lets the lab tests run the very same
 applier against the kernel inside a network namespace (``netns``).
 

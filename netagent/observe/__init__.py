@@ -1,0 +1,1 @@
+"""What the running agent reports: /healthz, /metrics, health-check listeners."""

@@ -1,0 +1,1 @@
+"""The iptables proxy mode: render (pure) -> one iptables-restore per family, and its tracer."""

@@ -1,0 +1,1 @@
+"""The daemon: sources, the one node sync, the bounded-frequency runner and its tasks."""

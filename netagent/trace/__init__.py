@@ -1,1 +1,0 @@
-"""Packet tracing over rendered rules, for tests and `netagent debug trace`."""
