@@ -4,8 +4,10 @@ Why it exists: clients only ever see the API server through HTTP, so the
 details matter as much as the data: HTTP/1.1 keep-alive, ``Status`` bodies with
 the right code and reason, chunked newline-delimited JSON watch streams that
 end cleanly on ``timeoutSeconds``, bookmarks, and the lab-only ``/lab/`` paths
-for fault injection and the request log. Built on the standard library's
-ThreadingHTTPServer (one daemon thread per connection).
+for fault injection and the request log. Reads and watches answer with a
+``meta.k8s.io`` Table when the Accept header asks for one, as ``kubectl get``
+does (the columns come from ``table_printers``). Built on the standard
+library's ThreadingHTTPServer (one daemon thread per connection).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from labapi import discovery
+from labapi import discovery, table_printers
 from labapi.errors import ApiError, status_body
 from labapi.faults import Faults
 from labapi.patching import APPLY_PATCH
@@ -293,11 +295,11 @@ class Handler(BaseHTTPRequestHandler):
                 self._stream_watch(route, query)
             elif method == "GET":
                 limit = query.get("limit")
-                self._send(200, store.list(
+                self._send_read(res, store.list(
                     res, ns, label_selector=query.get("labelSelector"),
                     field_selector=query.get("fieldSelector"),
                     limit=int(limit) if limit and limit.isdigit() else None,
-                    continue_token=query.get("continue") or None))
+                    continue_token=query.get("continue") or None), query, is_list=True)
             elif method == "POST":
                 if res.namespaced and ns is None:
                     raise ApiError(405, "the server does not allow this method on the "
@@ -319,7 +321,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "watch of a single object: use fieldSelector", "NotFound")
         sub = route.subresource
         if method in ("GET", "HEAD"):
-            self._send(200, store.get(res, ns, name))
+            self._send_read(res, store.get(res, ns, name), query, is_list=False)
         elif method == "PUT":
             self._send(200, store.update(res, ns, name, self._json_body(body),
                                          subresource=sub))
@@ -342,6 +344,36 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, store.delete(res, ns, name, preconditions=pre))
         else:
             raise ApiError(405, "method not allowed", "MethodNotAllowed")
+
+    # -- Table output (kubectl get) -------------------------------------------------
+
+    def _table_request(self, query: dict[str, str]) -> tuple[str, str] | None:
+        """(Table version, includeObject) when the Accept header asks for a Table."""
+        version = table_printers.table_version(self.headers.get("Accept"))
+        if version is None:
+            return None
+        include = query.get("includeObject", "")
+        if include not in table_printers.INCLUDE_OBJECT_VALUES:
+            raise ApiError(400, f"includeObject must be None, Metadata or Object, not "
+                           f"{include!r}", "BadRequest")
+        return version, include
+
+    def _send_read(self, res: Resource, payload: dict[str, Any], query: dict[str, str], *,
+                   is_list: bool) -> None:
+        """Answer a get or list: the object or list itself, or a Table of it."""
+        wanted = self._table_request(query)
+        if wanted is None:
+            self._send(200, payload)
+            return
+        version, include = wanted
+        if is_list:
+            table = table_printers.build_table(res.key, payload["items"],
+                                               list_metadata=payload.get("metadata"),
+                                               include_object=include, version=version)
+        else:
+            table = table_printers.object_table(res.key, payload, include_object=include,
+                                                version=version)
+        self._send(200, table, content_type=table_printers.content_type(version))
 
     def _discovery(self, parts: list[str]) -> dict[str, Any] | None:
         if parts == ["version"]:
@@ -394,6 +426,12 @@ class Handler(BaseHTTPRequestHandler):
             store.stop_watch(w)
             raise ApiError(400, f"invalid timeoutSeconds {timeout_q!r}", "BadRequest") from None
         bookmarks = query.get("allowWatchBookmarks", "") in ("true", "1")
+        try:
+            table = self._table_request(query)
+        except ApiError:
+            store.stop_watch(w)
+            raise
+        headers = True  # a Table watch sends column definitions with its first row only
         self._watch = True
         self.close_connection = True
         self.send_response(200)
@@ -413,7 +451,7 @@ class Handler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 if now >= deadline:
                     if bookmarks:
-                        self._bookmark(res, store.bookmark_rv(w) or store.rv)
+                        self._bookmark(res, store.bookmark_rv(w) or store.rv, table)
                     break
                 wait = min(deadline - now, 0.5)
                 if bookmarks:
@@ -428,11 +466,16 @@ class Handler(BaseHTTPRequestHandler):
                     if bookmarks and time.monotonic() >= next_bookmark:
                         rv = store.bookmark_rv(w)
                         if rv is not None:
-                            self._bookmark(res, rv)
+                            self._bookmark(res, rv, table)
                         next_bookmark = time.monotonic() + interval
                     continue
                 kind, a, b = item
                 if kind == "event":
+                    if table is not None:
+                        b = table_printers.object_table(res.key, b, version=table[0],
+                                                        include_object=table[1],
+                                                        headers=headers)
+                        headers = False
                     self._write_chunk(json.dumps({"type": a, "object": b},
                                                  separators=(",", ":")).encode() + b"\n")
                 elif kind == "error":
@@ -451,8 +494,11 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             store.stop_watch(w)
 
-    def _bookmark(self, res: Resource, rv: int) -> None:
-        obj = {"kind": res.kind, "apiVersion": res.api_version,
-               "metadata": {"resourceVersion": str(rv)}}
+    def _bookmark(self, res: Resource, rv: int, table: tuple[str, str] | None = None) -> None:
+        obj: dict[str, Any] = {"kind": res.kind, "apiVersion": res.api_version,
+                               "metadata": {"resourceVersion": str(rv)}}
+        if table is not None:  # a Table watch: an empty Table that carries the version
+            obj = table_printers.build_table(res.key, [], version=table[0], headers=False,
+                                             list_metadata=obj["metadata"])
         self._write_chunk(json.dumps({"type": "BOOKMARK", "object": obj},
                                      separators=(",", ":")).encode() + b"\n")
