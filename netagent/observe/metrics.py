@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
-from wsgiref.simple_server import WSGIServer
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,11 +46,9 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from netagent.proxy.iptables.rules import RenderedIptables
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ PROGRAMMING_BUCKETS = (
 
 
 class SyncTiming(Protocol):
-    """What one sync reports (``netagent.proxy.iptables.proxier.SyncResult`` fits)."""
+    """What one sync reports (``netagent.proxy.proxier.SyncResult`` fits)."""
 
     @property
     def render_seconds(self) -> float: ...
@@ -219,22 +221,37 @@ class ProxyMetrics:
         return generate_latest(self.registry)
 
 
-def rule_counts(rendered: Iterable[RenderedIptables]) -> dict[str, int]:
-    """Rules per table across the rendered rulesets of every family (jump rules included)."""
-    counts: dict[str, int] = {}
-    for ruleset in rendered:
-        for table, chains in ruleset.tables.items():
-            counts[table] = counts.get(table, 0) + sum(len(rules) for rules in chains.values())
-        for jump in ruleset.jumps:
-            counts[jump.table] = counts.get(jump.table, 0) + 1
-    return counts
+#: Answers one request for a path other than /metrics: (path, query, client address) ->
+#: (status, content type, body), or None when the path is not its own.
+Route = Callable[[str, Mapping[str, str], str], "tuple[int, str, bytes] | None"]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("metrics server: " + format, *args)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
 
 
 class MetricsServer:
-    """Serves a :class:`ProxyMetrics` registry over HTTP (every path answers with the metrics)."""
+    """Serves /metrics, and the agent's other loopback endpoints through ``route``.
+
+    Every path that ``route`` does not claim answers with the metrics, as
+    before (Prometheus scrapers are configured with any path).
+    """
 
     def __init__(
-        self, metrics: ProxyMetrics, bind_address: str = DEFAULT_METRICS_BIND_ADDRESS
+        self,
+        metrics: ProxyMetrics,
+        bind_address: str = DEFAULT_METRICS_BIND_ADDRESS,
+        *,
+        route: Route | None = None,
     ) -> None:
         host, sep, port = bind_address.rpartition(":")
         if not sep or not port.isdigit():
@@ -243,6 +260,7 @@ class MetricsServer:
         ipaddress.ip_address(self.host)  # raises ValueError for a name
         self._port = int(port)
         self.metrics = metrics
+        self._route = route
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -251,12 +269,42 @@ class MetricsServer:
         """The bound port (the real one when started with port 0)."""
         return self._port
 
+    def _app(self) -> Callable[..., Iterable[bytes]]:
+        metrics_app = make_wsgi_app(self.metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            if self._route is not None and path != "/metrics":
+                query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                try:
+                    answer = self._route(path, query, environ.get("REMOTE_ADDR", ""))
+                except Exception as exc:  # a debug page must never take /metrics down
+                    log.warning("metrics server: %s failed: %s", path, exc)
+                    answer = (500, "text/plain", f"error: {exc}\n".encode())
+                if answer is not None:
+                    status, ctype, body = answer
+                    reason = HTTPStatus(status).phrase
+                    start_response(
+                        f"{status} {reason}",
+                        [("Content-Type", ctype), ("Content-Length", str(len(body)))],
+                    )
+                    return [body]
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+
+        return app
+
     def start(self) -> int:
         """Serve in a daemon thread; returns the port. Raises OSError if it cannot bind."""
         if self._server is None:
-            server, thread = start_http_server(
-                self._port, addr=self.host, registry=self.metrics.registry
+            server_class: type[WSGIServer] = _ThreadingWSGIServer
+            if ":" in self.host:
+                server_class = _ThreadingWSGIServerV6
+            server = make_server(
+                self.host, self._port, self._app(), server_class, handler_class=_QuietHandler
             )
+            thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+            thread.start()
             self._server, self._thread = server, thread
             self._port = server.server_address[1]
             log.info("serving /metrics on %s:%d", self.host, self._port)

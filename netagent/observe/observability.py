@@ -18,11 +18,11 @@ from collections.abc import Sequence
 
 from netagent.config import AgentConfig
 from netagent.model import ProxyState, ServicePortName
+from netagent.observe.agent_endpoints import AgentEndpoints, DebugHandler
 from netagent.observe.health import HealthServer, ProxyHealth, ServiceHealthServers
-from netagent.observe.metrics import MetricsServer, ProxyMetrics, rule_counts
+from netagent.observe.metrics import MetricsServer, ProxyMetrics
 from netagent.proxy.endpoint_selection import select_endpoints
-from netagent.proxy.iptables.proxier import SyncResult
-from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.proxy.proxier import SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,15 @@ class Observability:
         self.health = ProxyHealth(sync_period=config.sync_period, node_name=config.node_name)
         self.metrics = ProxyMetrics()
         self._health_server = HealthServer(self.health, config.healthz_bind_address)
-        self._metrics_server = MetricsServer(self.metrics, config.metrics_bind_address)
+        self.endpoints = AgentEndpoints(config)
+        self._metrics_server = MetricsServer(
+            self.metrics, config.metrics_bind_address, route=self.endpoints
+        )
         self.service_health = ServiceHealthServers(proxy_healthy=self.health.is_healthy)
+
+    def attach_debug(self, handler: DebugHandler) -> None:
+        """Serve ``/debug/…`` on the metrics port through ``handler`` (loopback clients only)."""
+        self.endpoints.debug = handler
 
     def start(self) -> None:
         """Bind the servers; a bind failure is logged, not fatal."""
@@ -71,16 +78,14 @@ class Observability:
         self.health.queued_update()
         self.metrics.observe_queued()
 
-    def synced(
-        self,
-        results: Sequence[SyncResult],
-        states: Sequence[ProxyState],
-        rendered: Sequence[RenderedIptables],
-    ) -> None:
+    def synced(self, results: Sequence[SyncResult], states: Sequence[ProxyState]) -> None:
         """Every family was applied."""
+        counts: dict[str, int] = {}
         for result in results:
             self.metrics.observe_sync(result, full=result.full)
-        self.metrics.set_rule_counts(rule_counts(rendered))
+            for table, count in result.rule_counts.items():
+                counts[table] = counts.get(table, 0) + count
+        self.metrics.set_rule_counts(counts)
         self.health.updated()
         self.service_health.sync(health_check_ports(states))
 

@@ -11,9 +11,12 @@ the start-up phase runs inside the first call, so it happens only after the
 initial lists are complete, and a failure (API down, claim conflict) fails
 that sync and is retried by the next one like any other.
 
-The masquerade and FORWARD rules (:mod:`netagent.overlay.masquerade_render`)
-are not applied here: :meth:`extra_rules` hands them to the proxier, so they
-go into the kernel in the same iptables-restore as the Service rules.
+The masquerade and FORWARD needs are not applied here either: they are
+backend-neutral intent (:class:`netagent.overlay.rules_intent.OverlayRules`)
+that :meth:`OverlayNetwork.rules_intent` hands to the node sync, and the
+active proxy mode renders them into its own ruleset, so they go into the
+kernel in the same atomic apply as the Service rules. The overlay imports
+nothing of the proxy or the runtime.
 
 The kernel side is reconciled per object (:mod:`netagent.overlay.reconcile`):
 each sync plans the desired devices and entries from the Nodes, dumps what
@@ -41,7 +44,6 @@ from netagent.overlay.checksum import tx_checksum_wanted
 from netagent.overlay.cni_files import write_cni_conflist, write_subnet_env
 from netagent.overlay.host_sysctl import ensure_overlay_sysctls
 from netagent.overlay.kernel import OverlayKernel, PyrouteOverlayKernel
-from netagent.overlay.masquerade_render import render_overlay_rules
 from netagent.overlay.model import (
     VXLAN_OVERHEAD,
     BackendType,
@@ -52,11 +54,9 @@ from netagent.overlay.model import (
 )
 from netagent.overlay.plan import plan_overlay
 from netagent.overlay.reconcile import OverlayReconciler
+from netagent.overlay.rules_intent import OverlayRules
 from netagent.overlay.subnet_alloc import KubernetesNodeApi, NodeApi, NodeClaimer
 from netagent.overlay.underlay import Underlay, find_underlay
-from netagent.proxy.iptables.proxier import ExtraRules
-from netagent.proxy.iptables.rules import JumpRule
-from netagent.runtime.api_agent import NodeNetwork
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,31 @@ class NodePatcher:
         )
 
 
+def overlay_config_for(config: AgentConfig, kernel_release: str) -> OverlayConfig:
+    """The overlay's settings from the agent's config (``netagent debug`` builds the same)."""
+    network = next((c for c in config.cluster_cidrs if c.version == 4), None)
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError("the overlay needs an IPv4 cluster CIDR (--cluster-cidr)")
+    return OverlayConfig(
+        network=network,
+        backend=BackendType(config.overlay_backend),
+        subnet_len=config.overlay_subnet_len,
+        direct_routing=config.overlay_direct_routing,
+        ip_masq=config.overlay_ip_masq,
+        vxlan=VxlanSettings(
+            tx_checksum=tx_checksum_wanted(config.overlay_vxlan_tx_checksum, kernel_release)
+        ),
+        annotation_prefix=config.overlay_annotation_prefix,
+    )
+
+
 @dataclass
 class _Started:
     local: LocalNode
     underlay: Underlay
 
 
-class OverlayNetwork(NodeNetwork):
+class OverlayNetwork:
     """The flannel-style half of the agent (``--overlay vxlan|host-gw``)."""
 
     def __init__(
@@ -105,30 +123,18 @@ class OverlayNetwork(NodeNetwork):
         self._bad_peers: dict[str, str] = {}
         self._last_remotes: dict[str, RemoteNode] = {}
         self._last_failures: set[str] = set()
-        self._rules: ExtraRules | None = None
+        self._rules: OverlayRules | None = None
 
     @staticmethod
     def from_config(config: AgentConfig, client: ApiClient) -> OverlayNetwork:
         """The real overlay: the API through ``client``, the kernel through pyroute2."""
-        network = next(c for c in config.cluster_cidrs if c.version == 4)
-        release = platform.release()
-        tx_checksum = tx_checksum_wanted(config.overlay_vxlan_tx_checksum, release)
-        if config.overlay_backend == "vxlan" and not tx_checksum:
+        overlay = overlay_config_for(config, platform.release())
+        if config.overlay_backend == "vxlan" and not overlay.vxlan.tx_checksum:
             log.info(
-                "VXLAN tx checksum offload will be off (overlayVxlanTxChecksum %s, kernel %s)",
+                "VXLAN tx checksum offload will be off (overlay.vxlanTxChecksum %s, kernel %s)",
                 config.overlay_vxlan_tx_checksum,
-                release,
+                platform.release(),
             )
-        assert isinstance(network, ipaddress.IPv4Network)
-        overlay = OverlayConfig(
-            network=network,
-            backend=BackendType(config.overlay_backend),
-            subnet_len=config.overlay_subnet_len,
-            direct_routing=config.overlay_direct_routing,
-            ip_masq=config.overlay_ip_masq,
-            vxlan=VxlanSettings(tx_checksum=tx_checksum),
-            annotation_prefix=config.overlay_annotation_prefix,
-        )
         return OverlayNetwork(
             config,
             overlay,
@@ -166,7 +172,9 @@ class OverlayNetwork(NodeNetwork):
             underlay_mtu=underlay.mtu,
             vtep_mac=vtep_mac,
         )
-        self._rules = self._render_rules(local)
+        self._rules = OverlayRules(
+            cluster_network=cfg.network, local_subnet=local.subnet, ip_masq=cfg.ip_masq
+        )
         return _Started(local=local, underlay=underlay)
 
     def _published_mac(self, own: NodeInfo | None) -> str | None:
@@ -188,16 +196,6 @@ class OverlayNetwork(NodeNetwork):
         if self.overlay.backend is BackendType.VXLAN:
             return local.underlay_mtu - VXLAN_OVERHEAD
         return local.underlay_mtu
-
-    def _render_rules(self, local: LocalNode) -> ExtraRules:
-        rendered = render_overlay_rules(
-            self.overlay.network,
-            local.subnet,
-            ip_masq=self.overlay.ip_masq,
-            masquerade_mark=1 << self.config.masquerade_bit,
-        )
-        jumps: tuple[JumpRule, ...] = tuple(rendered.jumps)
-        return ExtraRules(tables=rendered.tables, jumps=jumps)
 
     # ---- every sync -------------------------------------------------------------------
 
@@ -260,6 +258,6 @@ class OverlayNetwork(NodeNetwork):
         ):
             log.info("wrote %s", self.config.cni_conf_file)
 
-    def extra_rules(self) -> ExtraRules | None:
-        """The masquerade and FORWARD chains, for the proxy's one iptables apply."""
+    def rules_intent(self) -> OverlayRules | None:
+        """The masquerade and FORWARD needs, for the proxy mode to render (None before start)."""
         return self._rules

@@ -316,7 +316,8 @@ def remove_all(kernel: OverlayKernel, *, vxlan_name: str, bridge: str) -> Reconc
     """``netagent cleanup``: every owned route, and the devices netagent created.
 
     A device of the same name that netagent did not create (no owner alias)
-    is left alone, as are all routes of other protocols.
+    is left alone, as are all routes of other protocols. An empty name means
+    that device stays (``--overlay none`` keeps the bridge pods may be on).
     """
     report = ReconcileReport()
     for route in sorted(kernel.routes(), key=lambda r: (str(r.destination), r.device)):
@@ -326,6 +327,8 @@ def remove_all(kernel: OverlayKernel, *, vxlan_name: str, bridge: str) -> Reconc
         except Exception as exc:
             report.failures.append(f"remove route {route.destination}: {exc}")
     for name in (vxlan_name, bridge):
+        if not name:
+            continue
         link = kernel.link(name)
         if link is None:
             continue

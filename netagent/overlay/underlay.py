@@ -29,11 +29,11 @@ from pyroute2 import IPRoute
 class UnderlayError(RuntimeError):
     """No usable underlay; the message says what was looked for.
 
-    ``key`` is the config key to fix (``overlayIface`` or ``overlayPublicIP``),
+    ``key`` is the config key to fix (``overlay.iface`` or ``overlay.publicIP``),
     so the CLI can report it like any other invalid setting.
     """
 
-    def __init__(self, message: str, *, key: str = "overlayIface") -> None:
+    def __init__(self, message: str, *, key: str = "overlay.iface") -> None:
         super().__init__(message)
         self.key = key
 
@@ -68,7 +68,7 @@ def find_underlay(
             if index is None:
                 raise UnderlayError(
                     f"--public-ip {public_ip} is on no local interface (pass --iface)",
-                    key="overlayPublicIP",
+                    key="overlay.publicIP",
                 )
         else:
             for route in ipr.route("dump", family=socket.AF_INET):
@@ -92,7 +92,7 @@ def find_underlay(
         elif not any(a.ip == public_ip for a in mine):
             raise UnderlayError(
                 f"--public-ip {public_ip} is not an address of --iface {name}",
-                key="overlayPublicIP",
+                key="overlay.publicIP",
             )
         return Underlay(
             device=name,

@@ -38,8 +38,7 @@ from typing import Protocol
 from netagent.config import AgentConfig
 from netagent.model import ProxyState
 from netagent.observe.observability import Observability
-from netagent.proxy.iptables.proxier import SyncResult
-from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.proxy.proxier import SyncResult
 from netagent.runtime.sync_runner import BoundedFrequencyRunner, FullSyncSchedule
 
 log = logging.getLogger(__name__)
@@ -54,18 +53,14 @@ FULL_RESYNC_PERIOD = 3600.0
 
 
 class Syncer(Protocol):
-    """What the daemon syncs: both agents fit."""
+    """What the daemon syncs (:class:`netagent.runtime.node_sync.NodeSync` fits)."""
 
-    def sync(self, *, full: bool) -> list[SyncResult]:
+    def sync(self, *, full: bool) -> Sequence[SyncResult]:
         """Build the desired state and apply it; raise on failure."""
         ...
 
-    def last_outcome(self) -> tuple[Sequence[ProxyState], Sequence[RenderedIptables]]:
-        """The states and rendered rules of the last successful sync."""
-        ...
-
-    def after_success(self, now: float) -> None:
-        """Called once the rules of a successful sync are in the kernel."""
+    def last_outcome(self) -> tuple[Sequence[ProxyState], Sequence[SyncResult]]:
+        """The states and results of the last successful sync."""
         ...
 
 
@@ -92,6 +87,7 @@ async def run_daemon(
     *,
     stop: asyncio.Event,
     observe: Observability,
+    after_success: Callable[[float], None] = lambda now: None,
     ready: Callable[[], bool] = lambda: True,
     waiting_for: Callable[[], str] = lambda: "",
 ) -> int:
@@ -119,13 +115,13 @@ async def run_daemon(
         previous_failed = False
         if any(r.full for r in results):
             schedule.record_full(started, time.monotonic() - started)
-        states, rendered = syncer.last_outcome()
-        observe.synced(results, states, rendered)
-        syncer.after_success(time.time())
+        states, _ = syncer.last_outcome()
+        observe.synced(results, states)
+        after_success(time.time())
         return True
 
     runner = BoundedFrequencyRunner(
-        "iptables-sync",
+        "node-sync",
         do_sync,
         min_interval=config.min_sync_period,
         max_interval=config.sync_period,

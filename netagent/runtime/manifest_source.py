@@ -1,16 +1,17 @@
-"""The agent's main loop for the static-manifests source.
+"""The static-manifests directory as a snapshot source, and `netagent run --manifests`.
 
-Why this shape: the data flows one way — the source yields a snapshot of
-objects, :func:`netagent.state.build_proxy_state` turns it into the desired
-state, and each family's proxier renders and applies it. The loop itself only
+Why this shape: the data flows one way — this source yields a snapshot of
+the directory's objects, :class:`netagent.runtime.node_sync.NodeSync` turns
+it into the desired state and drives the proxiers. The loop itself only
 decides *when* to sync (a change on disk, the periodic full resync, a retry
-after a failure) through :class:`netagent.runtime.sync_runner.BoundedFrequencyRunner`.
+after a failure) through the daemon's bounded-frequency runner.
 
 Failure policy: a sync that raises leaves the kernel as it was (the apply is
-one atomic iptables-restore), logs why, and the next sync is a full one. A bad
-object in the manifests never stops the others: it is logged once per change
-and skipped. The previous rules stay in place on exit, as kube-proxy's do;
-``netagent cleanup`` removes them.
+atomic), logs why, and the next sync is a full one. A bad object in the
+manifests never stops the others: it is logged once per change and skipped,
+and an object that was valid keeps its last valid version. The previous
+rules stay in place on exit, as kube-proxy's do; ``netagent cleanup``
+removes them.
 """
 
 from __future__ import annotations
@@ -18,80 +19,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from pathlib import Path
 
 from netagent.config import AgentConfig
-from netagent.model import IPFamily, NodeInfo, ProxyState
-from netagent.observe.observability import Observability
-from netagent.proxy.conntrack import ConntrackTool
-from netagent.proxy.iptables.proxier import IptablesProxier, SyncResult
-from netagent.proxy.iptables.rules import RenderedIptables
-from netagent.proxy.iptables.runner import SubprocessIptables, resolve_backend
-from netagent.proxy.sysctl import ProcSysctl, ensure_proxy_sysctls
 from netagent.runtime.daemon import SourceTask, install_signal_handlers, run_daemon
+from netagent.runtime.node_sync import NodeSync, Snapshot
+from netagent.runtime.startup import (
+    attach_debug,
+    observability_for,
+    prepare_node,
+    proxier_factory,
+)
 from netagent.sources.manifests import ManifestSnapshot, ManifestWatcher, load_manifests
-from netagent.state import build_proxy_state
 from netagent.translate import InvalidObject
 
 log = logging.getLogger(__name__)
 
 
-def families_for(config: AgentConfig, node: NodeInfo) -> tuple[IPFamily, ...]:
-    """IPv4 always; IPv6 too when the cluster CIDRs or the node's IPs include it."""
-    fams = [IPFamily.IPV4]
-    if any(c.version == 6 for c in config.cluster_cidrs) or any(
-        a.version == 6 for a in node.addresses
-    ):
-        fams.append(IPFamily.IPV6)
-    return tuple(fams)
+class ManifestSource:
+    """A directory of Service/EndpointSlice/Node manifests, read afresh at every sync."""
 
-
-def make_proxier(config: AgentConfig, family: IPFamily) -> IptablesProxier:
-    """The real iptables proxier of one family, on the configured backend."""
-    backend = resolve_backend(config.iptables_backend)
-    log.info("iptables backend for %s: %s", family.value, backend)
-    return IptablesProxier(
-        runner=SubprocessIptables(family=family, backend=backend),
-        conntrack=ConntrackTool(family=family),
-        family=family,
-    )
-
-
-def log_sync(family: IPFamily, state: ProxyState, result: SyncResult) -> None:
-    """One line per applied family: what was written and how long it took."""
-    log.info(
-        "synced %s (%s): %d services, %d chains written, %d deleted, %d bytes, "
-        "render %.3fs apply %.3fs",
-        family.value,
-        "full" if result.full else "partial",
-        len(state.services),
-        result.apply.chains_written,
-        result.apply.chains_deleted,
-        result.apply.bytes_written,
-        result.render_seconds,
-        result.apply_seconds,
-    )
-
-
-@dataclass
-class ManifestAgent:
-    """Syncs the node from a directory of Service/EndpointSlice/Node manifests."""
-
-    config: AgentConfig
-    proxiers: dict[IPFamily, IptablesProxier] = field(default_factory=dict)
-    last_errors: tuple[str, ...] = ()
-    last_states: list[ProxyState] = field(default_factory=list)
-    _last_good: ManifestSnapshot | None = None
-
-    def __post_init__(self) -> None:
-        if self.config.manifests_dir is None:
-            raise ValueError("ManifestAgent needs config.manifests_dir")
-
-    def _proxier(self, family: IPFamily) -> IptablesProxier:
-        proxier = self.proxiers.get(family)
-        if proxier is None:
-            proxier = self.proxiers[family] = make_proxier(self.config, family)
-        return proxier
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.last_errors: tuple[str, ...] = ()
+        self._last_good: ManifestSnapshot | None = None
 
     def load(self) -> ManifestSnapshot:
         """Read the directory; new errors are logged as warnings, known ones at debug.
@@ -100,56 +52,35 @@ class ManifestAgent:
         its last valid version: a bad edit must not remove rules that are
         serving traffic. A deleted object (no longer in any file) does go.
         """
-        assert self.config.manifests_dir is not None
         # Errors seen on the previous load are logged at debug level, so a bad
         # object is reported once per change, not on every periodic resync.
-        snapshot = load_manifests(self.config.manifests_dir, known_errors=self.last_errors)
+        snapshot = load_manifests(self.directory, known_errors=self.last_errors)
         self.last_errors = tuple(str(e) for e in snapshot.errors)
         if self._last_good is not None:
             snapshot = keep_last_valid(snapshot, self._last_good)
         self._last_good = snapshot
         return snapshot
 
-    def own_node(self, snapshot: ManifestSnapshot) -> NodeInfo:
-        """This node's Node object, or a bare one (NodePorts then use every local IP)."""
-        for node in snapshot.nodes:
-            if node.name == self.config.node_name:
-                return node
-        log.warning(
-            "Node %s not found in %s: node IPs and pod CIDR unknown",
-            self.config.node_name,
-            self.config.manifests_dir,
+    def snapshot(self) -> Snapshot:
+        """The directory's objects as one snapshot (manifests carry no trigger times)."""
+        loaded = self.load()
+        return Snapshot(
+            services=tuple(loaded.services),
+            slices=tuple(loaded.slices),
+            nodes={n.name: n for n in loaded.nodes},
         )
-        return NodeInfo(name=self.config.node_name)
 
-    def last_outcome(self) -> tuple[list[ProxyState], list[RenderedIptables]]:
-        """The states and rendered rules of the last successful sync."""
-        rendered = [p.last_rendered for p in self.proxiers.values() if p.last_rendered]
-        return self.last_states, rendered
+    def programmed(self, snapshot: Snapshot) -> None:
+        """Nothing to record: manifests have no change-trigger times."""
 
-    def after_success(self, now: float) -> None:
-        """Nothing to record for manifests (they carry no trigger times)."""
 
-    def sync(self, *, full: bool) -> list[SyncResult]:
-        """Load, build, render and apply every family once. Raises on apply failure."""
-        snapshot = self.load()
-        node = self.own_node(snapshot)
-        results = []
-        states = []
-        for family in families_for(self.config, node):
-            state = build_proxy_state(
-                services=snapshot.services,
-                slices=snapshot.slices,
-                node=node,
-                config=self.config.proxy_config(),
-                family=family,
-            )
-            result = self._proxier(family).sync(state, full=full)
-            log_sync(family, state, result)
-            results.append(result)
-            states.append(state)
-        self.last_states = states
-        return results
+def manifest_sync(config: AgentConfig) -> NodeSync:
+    """The node sync for ``config.manifests_dir`` with the configured proxy mode."""
+    if config.manifests_dir is None:
+        raise ValueError("a manifests sync needs config.manifests_dir")
+    return NodeSync(
+        config, ManifestSource(config.manifests_dir), proxier_factory=proxier_factory(config)
+    )
 
 
 def keep_last_valid(snapshot: ManifestSnapshot, previous: ManifestSnapshot) -> ManifestSnapshot:
@@ -187,25 +118,12 @@ def keep_last_valid(snapshot: ManifestSnapshot, previous: ManifestSnapshot) -> M
     return replace(snapshot, services=tuple(services), slices=tuple(slices), nodes=tuple(nodes))
 
 
-def prepare_host(config: AgentConfig) -> None:
-    """Kernel settings the proxy relies on, in the agent's own network namespace."""
-    # ip_forward: DNATed packets to pods on other hosts/bridges are forwarded;
-    # route_localnet: NodePorts on 127.0.0.1 are DNATed to pod IPs, which the
-    # kernel otherwise refuses for loopback sources; bridge-nf-call-iptables:
-    # pod -> service -> pod on the same bridge must pass through nat.
-    ensure_proxy_sysctls(
-        ProcSysctl(),
-        localhost_nodeports=config.localhost_nodeports,
-        ipv6=any(c.version == 6 for c in config.cluster_cidrs),
-    )
-
-
 def run_once(config: AgentConfig) -> int:
     """`netagent run --once`: one full sync, exit 0 on success, 1 on failure."""
-    prepare_host(config)
-    agent = ManifestAgent(config)
+    prepare_node(config)
+    node_sync = manifest_sync(config)
     try:
-        agent.sync(full=True)
+        node_sync.sync(full=True)
     except Exception as exc:
         log.error("sync failed: %s", exc)
         return 1
@@ -214,10 +132,10 @@ def run_once(config: AgentConfig) -> int:
 
 async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) -> int:
     """`netagent run --manifests DIR`: sync on change and periodically until SIGTERM/SIGINT."""
-    prepare_host(config)
+    await asyncio.to_thread(prepare_node, config)  # pyroute2 needs a thread without a loop
     stop = stop or asyncio.Event()
     install_signal_handlers(stop)
-    agent = ManifestAgent(config)
+    node_sync = manifest_sync(config)
     assert config.manifests_dir is not None
     watcher = ManifestWatcher(config.manifests_dir)
 
@@ -228,11 +146,12 @@ async def run_forever(config: AgentConfig, stop: asyncio.Event | None = None) ->
                 log.info("manifests changed in %s", config.manifests_dir)
                 wake()
 
-    observe = Observability(config)
+    observe = observability_for(config)
+    attach_debug(observe, node_sync)
     observe.start()
     return await run_daemon(
         config,
-        agent,
+        node_sync,
         [SourceTask("manifest-watch", watch)],
         stop=stop,
         observe=observe,

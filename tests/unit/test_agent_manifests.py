@@ -1,4 +1,4 @@
-"""ManifestAgent.load: a bad edit keeps the last valid version; a deleted object goes."""
+"""ManifestSource.load: a bad edit keeps the last valid version; a deleted object goes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from netagent.config import build_config
-from netagent.runtime.manifest_agent import ManifestAgent
+from netagent.runtime.manifest_source import ManifestSource
 
 SERVICE = """\
 apiVersion: v1
@@ -31,8 +30,8 @@ endpoints: [{{addresses: ["{ip}"]}}]
 """
 
 
-def agent(tmp_path: Path) -> ManifestAgent:
-    return ManifestAgent(build_config({"manifests_dir": str(tmp_path), "node_name": "n1"}, env={}))
+def agent(tmp_path: Path) -> ManifestSource:
+    return ManifestSource(tmp_path)
 
 
 def test_invalid_edit_keeps_the_last_valid_version(

@@ -16,7 +16,7 @@ from netagent.overlay import underlay
 from netagent.overlay.kernel_fake import FakeOverlayKernel
 from netagent.overlay.model import RouteEntry
 from netagent.overlay.underlay import Underlay, UnderlayError
-from netagent.runtime import api_agent
+from netagent.runtime import api_source
 
 
 def test_invalid_cluster_cidr_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -89,7 +89,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[AgentConfig]:
         runs.append(config)
         return 0
 
-    monkeypatch.setattr(api_agent, "run_api", fake_run_api)
+    monkeypatch.setattr(api_source, "run_api", fake_run_api)
     return runs
 
 
@@ -100,19 +100,19 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[AgentConfig]:
             ("--iface", "eth9"),
             "--iface eth9: no such interface",
             None,  # the default key
-            "config field overlayIface: --iface eth9: no such interface",
+            "config field overlay.iface: --iface eth9: no such interface",
         ),
         (
             ("--iface", "eth1"),
             "--iface eth1 has no IPv4 address",
-            "overlayIface",
-            "config field overlayIface: --iface eth1 has no IPv4 address",
+            "overlay.iface",
+            "config field overlay.iface: --iface eth1 has no IPv4 address",
         ),
         (
             ("--iface", "eth1", "--public-ip", "192.0.2.99"),
             "--public-ip 192.0.2.99 is not an address of --iface eth1",
-            "overlayPublicIP",
-            "config field overlayPublicIP: --public-ip 192.0.2.99 is not an address of --iface eth1",
+            "overlay.publicIP",
+            "config field overlay.publicIP: --public-ip 192.0.2.99 is not an address of --iface eth1",
         ),
     ],
 )
@@ -153,14 +153,16 @@ def test_good_underlay_starts_the_daemon(
     [
         ("", (), (False, False, False, True, True)),
         (
-            "masqueradeAll: true\nlegacyEndpoints: true\noverlayDirectRouting: true\n"
-            "overlayIPMasq: false\nlocalhostNodePorts: false\n",
+            "legacyEndpoints: true\n"
+            "iptables: {masqueradeAll: true, localhostNodePorts: false}\n"
+            "overlay: {directRouting: true, ipMasq: false}\n",
             (),
             (True, True, True, False, False),
         ),
         (
-            "masqueradeAll: true\nlegacyEndpoints: true\noverlayDirectRouting: true\n"
-            "overlayIPMasq: false\nlocalhostNodePorts: false\n",
+            "legacyEndpoints: true\n"
+            "iptables: {masqueradeAll: true, localhostNodePorts: false}\n"
+            "overlay: {directRouting: true, ipMasq: false}\n",
             (
                 "--no-masquerade-all",
                 "--no-legacy-endpoints",
@@ -198,6 +200,33 @@ def test_every_boolean_flag_overrides_the_file_either_way(
         config.overlay_ip_masq,
         config.localhost_nodeports,
     ) == expected
+
+
+KUBEADM_KUBE_PROXY = Path(__file__).parent / "fixtures" / "config" / "kubeadm-kube-proxy.yaml"
+
+
+def test_kubeadms_kube_proxy_configmap_runs_the_agent(
+    started: list[AgentConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clients: list[AgentConfig] = []
+    monkeypatch.setattr(api_source, "api_client", lambda config: clients.append(config))
+    argv = ["run", "--config", str(KUBEADM_KUBE_PROXY), "--node-name", "n1", "--sync-period", "9s"]
+    assert main(argv) == 0
+    (config,) = started
+    assert clients == [config]
+    assert config.kubeconfig == Path("/var/lib/kube-proxy/kubeconfig.conf")
+    assert config.cluster_cidrs == (ipaddress.ip_network("10.244.0.0/16"),)
+    assert (config.sync_period, config.min_sync_period) == (9.0, 1.0)  # the flag, the default
+
+
+def test_a_kube_proxy_setting_netagent_cannot_do_exits_2(
+    tmp_path: Path, started: list[AgentConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tmp_path / "kube-proxy.yaml"
+    cfg.write_text(KUBEADM_KUBE_PROXY.read_text().replace('  scheduler: ""', "  scheduler: lc"))
+    assert main(["run", "--config", str(cfg), "--node-name", "n1"]) == 2
+    assert started == []
+    assert "config field ipvs.scheduler: not supported by netagent (set to 'lc'" in caplog.text
 
 
 def test_no_underlay_lookup_without_overlay(

@@ -86,5 +86,5 @@ def test_flags_override_an_example() -> None:
 def test_the_overlay_is_refused_on_top_of_the_manifests_example() -> None:
     with pytest.raises(ConfigError) as info:
         load_like_cli(EXAMPLES / "manifests.yaml", "--overlay", "vxlan")
-    assert info.value.key == "overlayBackend"
+    assert info.value.key == "overlay.backend"
     assert "needs the Kubernetes API" in str(info.value)

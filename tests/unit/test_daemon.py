@@ -1,7 +1,7 @@
 """run_daemon: any failed sync makes the next one full, whatever raised; the hourly full sync
 happens even when changes keep every sync change-triggered.
 
-Driven like the daemon drives it in API mode: the real ApiAgent and
+Driven like the daemon drives it in API mode: the real NodeSync over an ApiSource and
 IptablesProxier over the stateful iptables fake, with a node network (the
 overlay's place) that fails one sync the way a failed Node annotation patch
 does, before any iptables-restore runs.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 import pytest
 
@@ -20,15 +20,16 @@ from netagent.config import AgentConfig, build_config
 from netagent.model import NodeInfo, ProxyState
 from netagent.observe.observability import Observability
 from netagent.proxy.iptables.fake import FakeIptables
-from netagent.proxy.iptables.proxier import IptablesProxier, SyncResult
-from netagent.proxy.iptables.rules import RenderedIptables
+from netagent.proxy.iptables.proxier import IptablesProxier
+from netagent.proxy.proxier import SyncResult
 from netagent.runtime import daemon
-from netagent.runtime.api_agent import ApiAgent, NodeNetwork
+from netagent.runtime.api_source import ApiSource
 from netagent.runtime.daemon import SourceTask, run_daemon
+from netagent.runtime.node_sync import NodeSync, NoOverlay
 from netagent.translate import service_ports
 
 
-class FailingOnce(NodeNetwork):
+class FailingOnce(NoOverlay):
     """Raises on the ``fail_on``-th sync, as the overlay does when a Node patch fails."""
 
     def __init__(self, fail_on: int) -> None:
@@ -42,16 +43,16 @@ class FailingOnce(NodeNetwork):
 
 
 class Recorder:
-    """The daemon's Syncer around an ApiAgent, recording each call and its results."""
+    """The daemon's Syncer around a NodeSync, recording each call and its results."""
 
-    def __init__(self, agent: ApiAgent, stop_after: int) -> None:
+    def __init__(self, agent: NodeSync, stop_after: int) -> None:
         self.agent = agent
         self.stop_after = stop_after
         self.stop = asyncio.Event()
         self.requested: list[bool] = []  # the daemon's ``full`` argument
         self.applied: list[list[bool]] = []  # ``SyncResult.full`` of each successful sync
 
-    def sync(self, *, full: bool) -> list[SyncResult]:
+    def sync(self, *, full: bool) -> Sequence[SyncResult]:
         self.requested.append(full)
         if len(self.requested) >= self.stop_after:
             self.stop.set()
@@ -59,11 +60,8 @@ class Recorder:
         self.applied.append([r.full for r in results])
         return results
 
-    def last_outcome(self) -> tuple[list[ProxyState], list[RenderedIptables]]:
+    def last_outcome(self) -> tuple[Sequence[ProxyState], Sequence[SyncResult]]:
         return self.agent.last_outcome()
-
-    def after_success(self, now: float) -> None:
-        pass
 
 
 def daemon_config(*, sync_period: str) -> AgentConfig:
@@ -114,9 +112,9 @@ def test_a_failure_outside_iptables_makes_the_next_sync_full() -> None:
         ),
     )
     network = FailingOnce(fail_on=2)
-    agent = ApiAgent(
+    agent = NodeSync(
         config,
-        tracker,
+        ApiSource(tracker),
         network=network,
         proxier_factory=lambda fam: IptablesProxier(runner=fake, conntrack=None, family=fam),
     )
@@ -150,9 +148,9 @@ def test_full_sync_is_not_starved_by_a_steady_stream_of_changes(
     config = daemon_config(sync_period="300ms")
     fake = FakeIptables()
     tracker = ChangeTracker(start_time=0.0)
-    agent = ApiAgent(
+    agent = NodeSync(
         config,
-        tracker,
+        ApiSource(tracker),
         proxier_factory=lambda fam: IptablesProxier(runner=fake, conntrack=None, family=fam),
     )
     syncer = Recorder(agent, stop_after=10_000)

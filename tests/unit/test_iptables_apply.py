@@ -329,3 +329,56 @@ def test_unreadable_kernel_state_is_an_iptables_error(fake: FakeIptables) -> Non
     with pytest.raises(IptablesError, match="cannot read iptables-save"):
         applier.apply(ruleset(many(1)), full=True)
     assert applier.needs_full_sync and fake.restore_count == 0
+
+
+# --- drift: a hand-flushed chain or a deleted jump forces a full sync ------------------------
+
+
+def test_drift_check_turns_a_partial_sync_full_after_a_hand_flush() -> None:
+    fake = FakeIptables()
+    applier = IptablesApplier(fake, drift_check_period=0.0)
+    rendered = ruleset({"dns": ["10.244.0.5", "10.244.0.6"]})
+    applier.apply(rendered, full=True)
+    fake.restore("*nat\n:NETAGENT-SVC-DNS - [0:0]\nCOMMIT\n")  # flushes that chain only
+    assert "-A NETAGENT-SVC-DNS" not in fake.save("nat")
+    result = applier.apply(rendered, full=False)
+    assert result.full and result.reason == "drift: chain nat/NETAGENT-SVC-DNS holds 0 rules, not 2"
+    assert fake.save("nat").count("-A NETAGENT-SVC-DNS ") == 2  # repaired
+
+
+def test_drift_check_finds_a_deleted_jump_rule() -> None:
+    fake = FakeIptables()
+    applier = IptablesApplier(fake, drift_check_period=0.0)
+    rendered = ruleset({"dns": ["10.244.0.5"]})
+    applier.apply(rendered, full=True)
+    fake.restore(f"*nat\n-D OUTPUT {SERVICES_JUMP}\nCOMMIT\n")
+    result = applier.apply(rendered, full=False)
+    assert result.full and "nat/OUTPUT holds 0 netagent jump rules, not 1" in result.reason
+    assert f"-A OUTPUT {SERVICES_JUMP}" in fake.save("nat")
+
+
+def test_drift_check_runs_at_most_once_per_period() -> None:
+    fake = FakeIptables()
+    applier = IptablesApplier(fake, drift_check_period=3600.0)
+    rendered = ruleset({"dns": ["10.244.0.5", "10.244.0.6"]})
+    applier.apply(rendered, full=True)
+    applier.apply(rendered, full=False)  # the first partial sync checks (and finds nothing)
+    fake.restore("*nat\n:NETAGENT-SVC-DNS - [0:0]\nCOMMIT\n")
+    assert not applier.apply(rendered, full=False).full  # the next check is an hour away
+
+
+def test_without_a_drift_period_the_kernel_is_not_read_on_partial_syncs() -> None:
+    fake = FakeIptables()
+    applier = IptablesApplier(fake)
+    rendered = ruleset({"dns": ["10.244.0.5", "10.244.0.6"]})
+    applier.apply(rendered, full=True)
+    fake.restore("*nat\n:NETAGENT-SVC-DNS - [0:0]\nCOMMIT\n")
+    assert not applier.apply(rendered, full=False).full
+
+
+def test_no_drift_on_an_untouched_ruleset() -> None:
+    fake = FakeIptables()
+    applier = IptablesApplier(fake, drift_check_period=0.0)
+    rendered = ruleset({"dns": ["10.244.0.5", "10.244.0.6"]})
+    applier.apply(rendered, full=True)
+    assert not applier.apply(rendered, full=False).full

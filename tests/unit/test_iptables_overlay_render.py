@@ -13,7 +13,8 @@ import ipaddress
 
 import pytest
 
-from netagent.overlay.masquerade_render import (
+from netagent.overlay.rules_intent import OverlayRules
+from netagent.proxy.iptables.overlay_render import (
     FORWARD_CHAIN,
     POSTROUTING_CHAIN,
     render_overlay_rules,
@@ -44,13 +45,13 @@ COMMIT
 
 
 def test_exact_restore_text_and_jumps() -> None:
-    rules = render_overlay_rules(NET, LOCAL, ip_masq=True)
+    rules = render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=True))
     assert rules.restore_text() == GOLDEN
     assert rules.jumps == (
         JumpRule("filter", "FORWARD", '-m comment --comment "netagent overlay" -j NETAGENT-OVERLAY-FWD'),
         JumpRule("nat", "POSTROUTING", '-m comment --comment "netagent overlay" -j NETAGENT-OVERLAY-POSTRTG'),
     )
-    assert render_overlay_rules(NET, LOCAL, ip_masq=True) == rules  # deterministic
+    assert render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=True)) == rules  # deterministic
 
 
 def test_chain_names_are_owned_and_fit() -> None:
@@ -60,21 +61,21 @@ def test_chain_names_are_owned_and_fit() -> None:
 
 
 def test_ip_masq_off_keeps_an_empty_nat_chain() -> None:
-    rules = render_overlay_rules(NET, LOCAL, ip_masq=False)
+    rules = render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=False))
     assert rules.chains("nat") == {POSTROUTING_CHAIN: ()}
     assert len(rules.chains("filter")[FORWARD_CHAIN]) == 2
     assert "MASQUERADE" not in rules.restore_text()
 
 
 def test_without_local_subnet_the_local_return_is_left_out() -> None:
-    rules = render_overlay_rules(NET, None, ip_masq=True)
+    rules = render_overlay_rules(OverlayRules(NET, None, ip_masq=True))
     nat = rules.chains("nat")[POSTROUTING_CHAIN]
     assert len(nat) == 4
     assert not any("source kept" in r for r in nat)
 
 
 def test_custom_mark() -> None:
-    rules = render_overlay_rules(NET, LOCAL, ip_masq=True, masquerade_mark=0x8000)
+    rules = render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=True), masquerade_mark=0x8000)
     assert rules.chains("nat")[POSTROUTING_CHAIN][0].startswith(
         "-A NETAGENT-OVERLAY-POSTRTG -m mark --mark 0x8000/0x8000 "
     )
@@ -82,7 +83,7 @@ def test_custom_mark() -> None:
 
 @pytest.mark.parametrize("ip_masq", [True, False])
 def test_project_parser_accepts_every_rule(ip_masq: bool) -> None:
-    rules = render_overlay_rules(NET, LOCAL, ip_masq=ip_masq)
+    rules = render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=ip_masq))
     parsed = parse_ruleset(rules.save_text())
     nat = parsed.chain("nat", POSTROUTING_CHAIN)
     assert nat is not None
@@ -98,7 +99,7 @@ def test_project_parser_accepts_every_rule(ip_masq: bool) -> None:
 
 
 def _trace(src: str, dst: str, origin: Origin, extra: str = "") -> tuple[str, bool]:
-    text = render_overlay_rules(NET, LOCAL, ip_masq=True).save_text()
+    text = render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=True)).save_text()
     if extra:  # extra nat PREROUTING rules, e.g. a proxy-style mark
         text = text.replace(":NETAGENT-OVERLAY-POSTRTG - [0:0]\n",
                             f":NETAGENT-OVERLAY-POSTRTG - [0:0]\n{extra}\n")
@@ -133,7 +134,7 @@ def test_proxy_marked_packets_are_left_to_the_proxy() -> None:
 
 
 def test_forward_chain_accepts_pod_traffic_under_drop_policy() -> None:
-    text = render_overlay_rules(NET, LOCAL, ip_masq=True).save_text().replace(
+    text = render_overlay_rules(OverlayRules(NET, LOCAL, ip_masq=True)).save_text().replace(
         ":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]"
     )
     def verdict(src: str, dst: str, origin: Origin) -> str:

@@ -38,7 +38,7 @@ from netagent.model import (
 from netagent.proxy.iptables import chain_names as cn
 from netagent.proxy.iptables.apply import IptablesApplier
 from netagent.proxy.iptables.fake import FakeIptables
-from netagent.proxy.iptables.render import clear_render_cache, probability, render_iptables
+from netagent.proxy.iptables.render import IptablesRenderer, probability, render_iptables
 from netagent.proxy.iptables.rules import RenderedIptables
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -247,9 +247,9 @@ def test_golden(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(STATES))
 def test_identical_input_gives_identical_output(name: str) -> None:
     state = STATES[name]()
-    first = render_iptables(state).save_text()
-    assert render_iptables(state).save_text() == first  # memo hit, same objects
-    clear_render_cache()
+    renderer = IptablesRenderer()
+    first = renderer.render(state).save_text()
+    assert renderer.render(state).save_text() == first  # memo hit, same objects
     assert render_iptables(STATES[name]()).save_text() == first  # cold, new objects
     shuffled = ProxyState(
         services=dict(reversed(state.services.items())),
@@ -258,21 +258,20 @@ def test_identical_input_gives_identical_output(name: str) -> None:
         config=state.config,
         family=state.family,
     )
-    clear_render_cache()
     assert render_iptables(shuffled).save_text() == first
 
 
 def test_memo_never_changes_output_after_edits() -> None:
     state = local_policies()
-    render_iptables(state)
+    renderer = IptablesRenderer()
+    renderer.render(state)
     lb = spn("lb", "https")
     edited = replace(
         state,
         services={**state.services, lb: replace(state.services[lb], sticky_seconds=30)},
         endpoints={**state.endpoints, spn("term"): (endpoint("10.244.1.15"),)},
     )
-    warm = render_iptables(edited).save_text()
-    clear_render_cache()
+    warm = renderer.render(edited).save_text()
     assert render_iptables(edited).save_text() == warm
     assert "--seconds 30 " in warm and "10.244.1.15:8080" in warm
     assert "--seconds 600 " not in warm
@@ -280,19 +279,31 @@ def test_memo_never_changes_output_after_edits() -> None:
 
 def test_config_change_invalidates_memo() -> None:
     state = cluster_basic()
-    before = render_iptables(state)
-    after = render_iptables(replace(state, config=replace(state.config, masquerade_all=True)))
+    renderer = IptablesRenderer()
+    before = renderer.render(state)
+    after = renderer.render(replace(state, config=replace(state.config, masquerade_all=True)))
     assert after.tables != before.tables
-    clear_render_cache()
     masq_all = replace(state, config=replace(state.config, masquerade_all=True))
     assert render_iptables(masq_all).tables == after.tables
 
 
 def test_node_status_churn_does_not_change_output() -> None:
     state = cluster_basic()
-    before = render_iptables(state).save_text()
+    renderer = IptablesRenderer()
+    before = renderer.render(state).save_text()
     churned = replace(state, node=replace(state.node, resource_version="101"))
-    assert render_iptables(churned).save_text() == before
+    assert renderer.render(churned).save_text() == before
+
+
+def test_renderers_do_not_share_their_memo() -> None:
+    """Two renderers (two proxiers, or debug next to the agent) never see each other's entries."""
+    state = local_policies()
+    first, second = IptablesRenderer(), IptablesRenderer()
+    first.render(state)
+    masq_all = replace(state, config=replace(state.config, masquerade_all=True))
+    second.render(masq_all)
+    assert first.render(state).save_text() == render_iptables(state).save_text()
+    assert second.render(masq_all).save_text() == render_iptables(masq_all).save_text()
 
 
 # --- rule shapes ------------------------------------------------------------------------------

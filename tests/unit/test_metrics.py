@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from netagent.change_tracker import ChangeTracker
 from netagent.model import IPFamily
-from netagent.observe.metrics import MetricsServer, ProxyMetrics, rule_counts
+from netagent.observe.metrics import MetricsServer, ProxyMetrics
+from netagent.proxy.iptables.proxier import rule_counts
 from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
 
 NAMES = {
@@ -106,7 +107,10 @@ def test_rule_counts_from_rendered_rulesets() -> None:
         jumps=(JumpRule("nat", "PREROUTING", "-j NETAGENT-SERVICES"),),
     )
     v6 = RenderedIptables(family=IPFamily.IPV6, tables={"nat": {"NETAGENT-S": ("-A x",)}})
-    counts = rule_counts([v4, v6])
+    assert rule_counts(v4) == {"nat": 2, "filter": 2}
+    assert rule_counts(v6) == {"nat": 1}
+    # Observability sums each family's SyncResult.rule_counts the same way.
+    counts = {t: rule_counts(v4).get(t, 0) + rule_counts(v6).get(t, 0) for t in ("nat", "filter")}
     assert counts == {"nat": 3, "filter": 2}
     metrics = ProxyMetrics(process_metrics=False)
     metrics.set_rule_counts(counts)

@@ -1,9 +1,10 @@
-"""ApiAgent over the stateful iptables fake: tracked API changes become rules.
+"""NodeSync over an ApiSource and the stateful iptables fake: tracked API changes become rules.
 
 Covers: a sync applies the complete tracked state (services, slices, own
-node), a deleted Service's chains go, the overlay's extra chains ride in the
-same restore, and trigger times of a failed sync are observed after the
-next successful one (none lost, none double-counted).
+node), a deleted Service's chains go, the overlay's backend-neutral rules
+intent is rendered by the iptables mode into the same restore, and trigger
+times of a failed sync are observed after the next successful one (none
+lost, none double-counted).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import pytest
 from netagent.change_tracker import ChangeTracker
 from netagent.config import build_config
 from netagent.model import IPFamily, NodeInfo
+from netagent.overlay.rules_intent import OverlayRules
 from netagent.proxy.iptables.fake import FakeIptables
-from netagent.proxy.iptables.proxier import ExtraRules, IptablesProxier
-from netagent.proxy.iptables.rules import JumpRule
-from netagent.runtime.api_agent import ApiAgent, NodeNetwork
+from netagent.proxy.iptables.overlay_render import FORWARD_CHAIN, POSTROUTING_CHAIN
+from netagent.proxy.iptables.proxier import IptablesProxier
+from netagent.runtime.api_source import ApiSource
+from netagent.runtime.node_sync import NodeNetwork, NodeSync, NoOverlay
 from netagent.translate import endpoint_slice, service_ports
 
 
@@ -50,10 +53,11 @@ class Harness:
         self.fake = FakeIptables()
         self.tracker = ChangeTracker(start_time=0.0)
         config = build_config({"node_name": "n1", "cluster_cidrs": "10.244.0.0/16"}, env={})
-        self.agent = ApiAgent(
+        self.source = ApiSource(self.tracker)
+        self.agent = NodeSync(
             config,
-            self.tracker,
-            network=network or NodeNetwork(),
+            self.source,
+            network=network or NoOverlay(),
             proxier_factory=lambda fam: IptablesProxier(
                 runner=self.fake, conntrack=None, family=fam
             ),
@@ -86,17 +90,18 @@ def test_sync_applies_tracked_objects_and_deletes_gone_ones() -> None:
     assert "10.96.0.80" not in h.fake.save("nat")
 
 
-def test_extra_rules_ride_in_the_same_restore() -> None:
-    class Extra(NodeNetwork):
+def test_overlay_intent_rides_in_the_same_restore() -> None:
+    class Extra(NoOverlay):
         seen: int = 0
 
         def sync(self, nodes: object) -> None:
             Extra.seen += 1
 
-        def extra_rules(self) -> ExtraRules:
-            return ExtraRules(
-                tables={"nat": {"NETAGENT-OVERLAY-POSTRTG": ("-A NETAGENT-OVERLAY-POSTRTG -j RETURN",)}},
-                jumps=(JumpRule("nat", "POSTROUTING", "-j NETAGENT-OVERLAY-POSTRTG"),),
+        def rules_intent(self) -> OverlayRules:
+            return OverlayRules(
+                cluster_network=ipaddress.IPv4Network("10.244.0.0/16"),
+                local_subnet=ipaddress.IPv4Network("10.244.1.0/24"),
+                ip_masq=True,
             )
 
     h = Harness(Extra())
@@ -107,8 +112,10 @@ def test_extra_rules_ride_in_the_same_restore() -> None:
     assert Extra.seen == 1
     assert len(h.fake.payloads) - before <= 2  # the canary check may add one; rules go in one
     nat = h.fake.save("nat")
-    assert "-A NETAGENT-OVERLAY-POSTRTG -j RETURN" in nat
-    assert "-A POSTROUTING -j NETAGENT-OVERLAY-POSTRTG" in nat
+    assert f"-A {POSTROUTING_CHAIN} -s 10.244.0.0/16 -d 10.244.0.0/16 " in nat
+    assert "! -s 10.244.0.0/16 -d 10.244.1.0/24 " in nat
+    assert f'-A POSTROUTING -m comment --comment "netagent overlay" -j {POSTROUTING_CHAIN}' in nat
+    assert f"-j {FORWARD_CHAIN}" in h.fake.save("filter")
     assert "10.96.0.80/32" in nat
 
 
@@ -124,13 +131,13 @@ def test_trigger_times_survive_a_failed_sync() -> None:
     h.fake.restore = boom  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         h.agent.sync(full=True)
-    assert h.agent.take_applied_triggers() == []
+    assert h.source.take_applied_triggers() == []
     h.fake.restore = original  # type: ignore[method-assign]
     h.agent.sync(full=True)
-    applied = h.agent.take_applied_triggers()
+    applied = h.source.take_applied_triggers()
     assert len(applied) == 1
     assert applied[0] == pytest.approx(1795341600.0)
-    assert h.agent.take_applied_triggers() == []
+    assert h.source.take_applied_triggers() == []
 
 
 def test_families_follow_the_cluster() -> None:

@@ -26,6 +26,7 @@ from netagent.overlay.kernel_fake import FakeOverlayKernel
 from netagent.overlay.model import OverlayConfig
 from netagent.overlay.node_api_fake import FakeNodeApi
 from netagent.overlay.underlay import Underlay
+from netagent.proxy.iptables.overlay_render import render_overlay_rules
 
 NET = ipaddress.IPv4Network("10.244.0.0/16")
 PUBLIC = ipaddress.IPv4Address("192.0.2.11")
@@ -149,9 +150,12 @@ def test_from_config_carries_ip_masq_to_rules_and_subnet_env(
     net.sync(NODES)
     env = (tmp_path / "subnet.env").read_text()
     assert f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}" in env
-    rules = net.extra_rules()
-    assert rules is not None
-    nat = rules.tables["nat"]["NETAGENT-OVERLAY-POSTRTG"]
+    intent = net.rules_intent()
+    assert intent is not None
+    assert intent.ip_masq is ip_masq
+    assert str(intent.cluster_network) == str(NET) and intent.local_subnet is not None
+    # What the iptables mode makes of it: masquerade rules exactly when ip_masq is on.
+    nat = render_overlay_rules(intent).tables["nat"]["NETAGENT-OVERLAY-POSTRTG"]
     assert any("MASQUERADE" in r for r in nat) is ip_masq
 
 

@@ -32,12 +32,12 @@ def test_public_ip_on_the_chosen_iface_is_used() -> None:
 def test_public_ip_not_on_the_chosen_iface_is_refused() -> None:
     with pytest.raises(UnderlayError) as info:
         find_underlay(iface="lo", public_ip=ELSEWHERE)
-    assert info.value.key == "overlayPublicIP"
+    assert info.value.key == "overlay.publicIP"
     assert str(info.value) == f"--public-ip {ELSEWHERE} is not an address of --iface lo"
 
 
 def test_missing_iface_names_the_iface_key() -> None:
     with pytest.raises(UnderlayError) as info:
         find_underlay(iface="netagent-none0")
-    assert info.value.key == "overlayIface"
+    assert info.value.key == "overlay.iface"
     assert str(info.value) == "--iface netagent-none0: no such interface"

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netagent.proxy.iptables.rules import (
@@ -207,13 +208,51 @@ def _validate_writes(plans: Mapping[str, _TablePlan]) -> None:
                     raise ValueError(f"{table}/{chain}: rule does not append to it: {rule!r}")
 
 
-class IptablesApplier:
-    """Writes RenderedIptables through an :class:`IptablesRunner`, remembering what it wrote."""
+def drift(kernel: Mapping[str, SavedTable], applied: Tables, jumps: Iterable[JumpRule]) -> str:
+    """How the kernel differs from what was applied, by rule counts; "" when it does not.
 
-    def __init__(self, runner: IptablesRunner) -> None:
+    Counts, not rule text: ``iptables-save`` rewrites rules (option order,
+    quoting, probabilities), while a hand flush, delete or insert always
+    changes how many rules a chain holds or whether it exists. Jump rules
+    are counted per built-in chain, so a deleted jump is found too.
+    """
+    for table, chains in applied.items():
+        saved = kernel.get(table)
+        for chain, rules in chains.items():
+            if saved is None or chain not in saved.chains:
+                return f"chain {table}/{chain} is missing"
+            have = saved.rules.get(chain, [])
+            if len(have) != len(rules):
+                return f"chain {table}/{chain} holds {len(have)} rules, not {len(rules)}"
+    wanted: dict[tuple[str, str], int] = {}
+    for jump in jumps:
+        wanted[(jump.table, jump.chain)] = wanted.get((jump.table, jump.chain), 0) + 1
+    for (table, chain), count in sorted(wanted.items()):
+        saved_table = kernel.get(table)
+        found = len(_our_jumps(saved_table, chain)) if saved_table is not None else 0
+        if found != count:
+            return f"{table}/{chain} holds {found} netagent jump rules, not {count}"
+    return ""
+
+
+class IptablesApplier:
+    """Writes RenderedIptables through an :class:`IptablesRunner`, remembering what it wrote.
+
+    With ``drift_check_period`` set, a partial apply at most that often
+    (and at most every ten times as long as the last check took, so the
+    check never costs more than a tenth of the time) reads the kernel and
+    upgrades itself to a full apply when netagent's chains or jumps were
+    changed by hand (see :func:`drift`). The canary only catches a flush
+    of whole tables; this catches one flushed chain or one deleted jump.
+    """
+
+    def __init__(self, runner: IptablesRunner, *, drift_check_period: float | None = None) -> None:
         self._runner = runner
         self._applied: Tables | None = None
+        self._jumps: tuple[JumpRule, ...] = ()
         self._failed = False
+        self._drift_period = drift_check_period
+        self._next_drift_check = 0.0
 
     @property
     def needs_full_sync(self) -> bool:
@@ -230,6 +269,7 @@ class IptablesApplier:
         the canary check still forces a full sync if the kernel disagrees.
         """
         self._applied = _with_canaries(rendered.tables)
+        self._jumps = tuple(rendered.jumps)
         self._failed = False
 
     def apply(self, rendered: RenderedIptables, *, full: bool) -> ApplyResult:
@@ -262,6 +302,7 @@ class IptablesApplier:
             log.error("iptables apply failed, next sync will be full: %s", exc)
             raise
         self._applied = desired
+        self._jumps = tuple(rendered.jumps)
         self._failed = False
         return ApplyResult(
             full=bool(reason),
@@ -287,6 +328,21 @@ class IptablesApplier:
                 CANARY_CHAIN,
             )
             return "canary missing"
+        return self._drift_reason()
+
+    def _drift_reason(self) -> str:
+        """A full sync's reason when a due drift check finds hand changes, else ""."""
+        if self._drift_period is None or self._applied is None:
+            return ""
+        now = time.monotonic()
+        if now < self._next_drift_check:
+            return ""
+        found = drift(_read_kernel(self._runner), self._applied, self._jumps)
+        took = time.monotonic() - now
+        self._next_drift_check = now + max(self._drift_period, 10 * took)
+        if found:
+            log.warning("netagent's rules were changed by hand (%s): full resync", found)
+            return "drift: " + found
         return ""
 
     @staticmethod
@@ -338,12 +394,16 @@ class IptablesApplier:
         return plans
 
     @staticmethod
-    def cleanup(runner: IptablesRunner) -> CleanupReport:
+    def cleanup(
+        runner: IptablesRunner, *, keep: Callable[[str], bool] = lambda chain: False
+    ) -> CleanupReport:
         """Remove netagent's jump rules and every owned chain, in every table; nothing else.
 
-        Safe to run when netagent never ran (nothing to do, no restore) and
-        idempotent. Raises IptablesError when the kernel refuses, e.g. when a
-        foreign rule still jumps into one of our chains.
+        ``keep`` names owned chains to leave in place with their jumps (the
+        overlay's, when the mode that starts next writes them too). Safe to run
+        when netagent never ran (nothing to do, no restore) and idempotent.
+        Raises IptablesError when the kernel refuses, e.g. when a foreign rule
+        still jumps into one of our chains.
         """
         kernel = _read_kernel(runner)
         plans: dict[str, _TablePlan] = {}
@@ -353,9 +413,13 @@ class IptablesApplier:
             saved = kernel.get(table)
             if saved is None:
                 continue
-            plan = _TablePlan(delete=sorted(c for c in saved.chains if is_owned_chain(c)))
+            plan = _TablePlan(
+                delete=sorted(c for c in saved.chains if is_owned_chain(c) and not keep(c))
+            )
             for chain in BUILTIN_CHAINS[table]:
                 for rule in _our_jumps(saved, chain):
+                    if keep(rule_target(rule) or ""):
+                        continue
                     plan.jump_deletes.append("-D" + rule[2:])
                     jumps.append(f"{table}: {rule}")
             chains.extend(f"{table}/{c}" for c in plan.delete)

@@ -1,4 +1,9 @@
-"""The overlay's iptables rules: masquerade pod traffic leaving the cluster, forward pod traffic.
+"""The iptables rendering of the overlay's intent: masquerade pod traffic leaving the cluster.
+
+The overlay says what it needs as backend-neutral intent
+(:class:`netagent.overlay.rules_intent.OverlayRules`); this module is the
+iptables mode's way of writing it, and another mode renders the same intent
+into its own ruleset.
 
 Why these rules: pod addresses mean nothing outside the cluster network, so
 a pod's connection to the outside must leave with the node's address, while
@@ -8,7 +13,7 @@ forward pod traffic.
 
 Pure: the output is a :class:`~netagent.proxy.iptables.rules.RenderedIptables`
 (the proxy's vocabulary), a function of the arguments only, so the applier
-can diff it and tests can trace it with :mod:`netagent.trace`.
+can diff it and tests can trace it with :mod:`netagent.proxy.iptables.trace`.
 
 nat ``NETAGENT-OVERLAY-POSTRTG`` (jumped from POSTROUTING), in order:
 
@@ -36,15 +41,11 @@ cluster network.
 from __future__ import annotations
 
 from netagent.model import IPFamily
-from netagent.overlay.model import IPv4Network
+from netagent.overlay.rules_intent import MULTICAST, OverlayRules
 from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
 
 POSTROUTING_CHAIN = "NETAGENT-OVERLAY-POSTRTG"
 FORWARD_CHAIN = "NETAGENT-OVERLAY-FWD"
-MULTICAST = "224.0.0.0/4"
-
-#: The overlay's rules are the proxy's kind of ruleset, so one applier can handle both.
-OverlayRules = RenderedIptables
 
 JUMPS: tuple[JumpRule, ...] = (
     JumpRule("filter", "FORWARD", f'-m comment --comment "netagent overlay" -j {FORWARD_CHAIN}'),
@@ -59,13 +60,11 @@ def _rule(chain: str, matches: str, comment: str, target: str) -> str:
 
 
 def render_overlay_rules(
-    network: IPv4Network,
-    local_subnet: IPv4Network | None,
-    *,
-    ip_masq: bool,
-    masquerade_mark: int = 0x4000,
-) -> OverlayRules:
+    intent: OverlayRules, *, masquerade_mark: int = 0x4000
+) -> RenderedIptables:
     """The overlay's chains and jump rules (see the module docstring for the rules)."""
+    network, ip_masq = intent.cluster_network, intent.ip_masq
+    local_subnet = intent.local_subnet
     post = POSTROUTING_CHAIN
     nat: tuple[str, ...] = ()
     if ip_masq:

@@ -136,14 +136,6 @@ class _Memo:
     entries: dict[ServicePortName, _CacheEntry]
 
 
-_MEMOS: dict[IPFamily, _Memo] = {}
-
-
-def clear_render_cache() -> None:
-    """Forget memoised output (tests use it to time or compare cold renders)."""
-    _MEMOS.clear()
-
-
 def _family_nets(nets: tuple[IPNetwork, ...], version: int) -> list[IPNetwork]:
     return sorted({n for n in nets if n.version == version}, key=lambda n: (int(n[0]), n.prefixlen))
 
@@ -533,23 +525,6 @@ JUMPS: tuple[JumpRule, ...] = (
 )
 
 
-def _memo_for(state: ProxyState) -> _Memo:
-    # Only the node fields the rules depend on are part of the key: a Node's
-    # status changes every few seconds and must not force a cold render.
-    version = 4 if state.family is IPFamily.IPV4 else 6
-    node = NodeInfo(
-        name=state.node.name,
-        addresses=tuple(a for a in state.node.addresses if a.version == version),
-        zone=state.node.zone,
-    )
-    key = (state.family, state.config, node)
-    memo = _MEMOS.get(state.family)
-    if memo is None or memo.key != key:
-        memo = _Memo(key=key, context=_context(state.config, node, version), entries={})
-        _MEMOS[state.family] = memo
-    return memo
-
-
 def _same(old: object, new: object) -> bool:
     return old is new or old == new
 
@@ -559,8 +534,44 @@ def _sort_key(spn: ServicePortName) -> tuple[str, str, str]:
 
 
 def render_iptables(state: ProxyState) -> RenderedIptables:
-    """The complete iptables ruleset (nat and filter) for ``state``."""
-    memo = _memo_for(state)
+    """The complete iptables ruleset (nat and filter) for ``state``, rendered cold."""
+    return IptablesRenderer().render(state)
+
+
+class IptablesRenderer:
+    """Renders ``ProxyState`` into iptables rules, reusing the last render's per-service output.
+
+    The memo belongs to the instance (one per proxier, so one per family):
+    two proxiers, or a debug command rendering next to a running agent,
+    never share or evict each other's entries. Output is a pure function of
+    the state; the memo only makes an unchanged service port cost a lookup.
+    """
+
+    def __init__(self) -> None:
+        self._memo: _Memo | None = None
+
+    def _memo_for(self, state: ProxyState) -> _Memo:
+        # Only the node fields the rules depend on are part of the key: a Node's
+        # status changes every few seconds and must not force a cold render.
+        version = 4 if state.family is IPFamily.IPV4 else 6
+        node = NodeInfo(
+            name=state.node.name,
+            addresses=tuple(a for a in state.node.addresses if a.version == version),
+            zone=state.node.zone,
+        )
+        key = (state.family, state.config, node)
+        memo = self._memo
+        if memo is None or memo.key != key:
+            memo = _Memo(key=key, context=_context(state.config, node, version), entries={})
+            self._memo = memo
+        return memo
+
+    def render(self, state: ProxyState) -> RenderedIptables:
+        """The complete iptables ruleset (nat and filter) for ``state``."""
+        return _render_with(self._memo_for(state), state)
+
+
+def _render_with(memo: _Memo, state: ProxyState) -> RenderedIptables:
     ctx = memo.context
     previous = memo.entries
     current: dict[ServicePortName, _CacheEntry] = {}

@@ -195,7 +195,7 @@ class SubprocessIptables:
         if shutil.which(argv[0]) is None:
             raise IptablesError(
                 f"{argv[0]} not found on PATH: install iptables with the {self.backend} "
-                f"backend or choose the other one (config iptablesBackend)"
+                "backend or choose the other one (config iptables.backend, flag --iptables-backend)"
             )
         full = ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
         try:

@@ -16,6 +16,15 @@ Model (first packet of a connection, conntrack state NEW):
   mangle and nat POSTROUTING, then local delivery if the destination is ours.
 * ``-m statistic`` and ``-m recent --rcheck`` can match or not: both branches
   are explored and each distinct path is one :class:`Outcome`.
+* Each outcome carries its **probability**: the product, over the
+  ``-m statistic --mode random --probability p`` matches on its path, of
+  ``p`` where the match was taken and ``1 - p`` where it was not. Paths that
+  end identically are merged and their probabilities added, so for a new
+  client the probabilities of all paths add up to 1. A ``recent --rcheck``
+  match is not random: the path where it matches assumes the client already
+  has affinity to that endpoint, and names the ``recent`` list in
+  :attr:`Outcome.affinity`; the paths with an empty ``affinity`` are the
+  ones a new client takes.
 * DNAT and MASQUERADE/SNAT end their nat chain traversal (they are terminal
   targets in the kernel). MARK changes the mark later rules see.
 * A jump to a missing chain, a target in a table where the kernel refuses
@@ -73,12 +82,24 @@ class Packet:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Where one path through the rules ends."""
+    """Where one path through the rules ends.
+
+    ``probability`` is the share of new connections that take this path
+    (the product of its ``statistic`` branch probabilities, summed over the
+    paths that end identically). ``affinity`` names the ``recent`` lists the
+    path assumes the client is in (session affinity already recorded);
+    empty for the paths of a client without affinity.
+    """
 
     verdict: str
     endpoint: str | None
     masquerade: bool
     chains: tuple[str, ...]
+    probability: float = 1.0
+    affinity: tuple[str, ...] = ()
+
+    def _identity(self) -> Outcome:
+        return replace(self, probability=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +112,14 @@ class TraceResult:
     def endpoints(self) -> frozenset[str]:
         """Every DNAT destination some path reaches."""
         return frozenset(o.endpoint for o in self.outcomes if o.endpoint is not None)
+
+    def endpoint_probabilities(self) -> dict[str | None, float]:
+        """Share of new clients (no affinity yet) per DNAT destination (None: not DNATed)."""
+        shares: dict[str | None, float] = {}
+        for o in self.outcomes:
+            if not o.affinity:
+                shares[o.endpoint] = shares.get(o.endpoint, 0.0) + o.probability
+        return shares
 
     @property
     def verdict(self) -> str:
@@ -131,9 +160,19 @@ class _State:
     masquerade: bool = False
     ctstates: frozenset[str] = frozenset({"NEW"})
     chains: tuple[str, ...] = field(default=())
+    probability: float = 1.0
+    affinity: tuple[str, ...] = ()
 
     def visit(self, table: str, chain: str) -> _State:
         return replace(self, chains=(*self.chains, f"{table}/{chain}"))
+
+    def weighted(self, factor: float) -> _State:
+        return replace(self, probability=self.probability * factor)
+
+    def outcome(self, verdict: str) -> Outcome:
+        return Outcome(
+            verdict, self.endpoint, self.masquerade, self.chains, self.probability, self.affinity
+        )
 
 
 # (kind, state): kind is RETURN (fell off / RETURN), ACCEPT, DROP or REJECT.
@@ -163,9 +202,14 @@ class _Tracer:
                 return [(not m.negated, st)]
             if p <= 0.0:
                 return [(m.negated, st)]
-            return [(True, st), (False, st)]
+            taken = 1.0 - p if m.negated else p
+            return [(True, st.weighted(taken)), (False, st.weighted(1.0 - taken))]
         if kind == "recent_check":
-            return [(True, st), (False, st)]
+            name = str(cast(tuple[str, int], m.value)[0])
+            remembered = replace(st, affinity=(*st.affinity, name))
+            if m.negated:
+                return [(True, st), (False, remembered)]
+            return [(True, remembered), (False, st)]
         if kind == "recent_set":
             return [(True, st)]
         result: bool
@@ -213,12 +257,13 @@ class _Tracer:
                     continue
                 nxt.extend(self._match(m, s, rule))
             branches = nxt
-        # Identical non-matching branches collapse into one.
-        out: list[tuple[bool, _State]] = []
-        for b in branches:
-            if b not in out:
-                out.append(b)
-        return out
+        # Identical branches collapse into one; their probabilities add up
+        # (they are exclusive outcomes of the same random choices).
+        merged: dict[tuple[bool, _State], float] = {}
+        for ok, s in branches:
+            key = (ok, replace(s, probability=0.0))
+            merged[key] = merged.get(key, 0.0) + s.probability
+        return [(ok, replace(s, probability=p)) for (ok, s), p in merged.items()]
 
     # ---- targets -------------------------------------------------------------
     def _target(self, table: str, hook: str, rule: Rule, st: _State, depth: int) -> list[_Branch]:
@@ -346,7 +391,7 @@ class _Tracer:
         outcomes: list[Outcome] = []
         for kind, s in self._hook(table, chain, st):
             if kind in ("DROP", "REJECT"):
-                outcomes.append(Outcome(kind, s.endpoint, s.masquerade, s.chains))
+                outcomes.append(s.outcome(kind))
             else:
                 outcomes.extend(self._stages(stages[1:], s, then))
         return outcomes
@@ -367,7 +412,7 @@ class _Tracer:
             if self.is_local(st.dst):
                 return self._stages([("mangle", "INPUT"), ("filter", "INPUT")], st, "done")
             return self._after("done", st)
-        return [Outcome("ACCEPT", st.endpoint, st.masquerade, st.chains)]
+        return [st.outcome("ACCEPT")]
 
     def trace(self, packet: Packet) -> TraceResult:
         try:
@@ -401,11 +446,11 @@ class _Tracer:
                 st,
                 "route",
             )
-        unique: list[Outcome] = []
+        merged: dict[Outcome, float] = {}
         for o in outcomes:
-            if o not in unique:
-                unique.append(o)
-        return TraceResult(tuple(unique))
+            key = o._identity()
+            merged[key] = merged.get(key, 0.0) + o.probability
+        return TraceResult(tuple(replace(o, probability=p) for o, p in merged.items()))
 
 
 def _split_hostport(dest: str, default_port: int) -> tuple[str, int]:

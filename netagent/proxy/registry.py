@@ -1,0 +1,163 @@
+"""Proxy modes by name: ``--proxy-mode`` picks one, and every other mode's leftovers go.
+
+Why a registry: the node sync, the daemon and ``netagent debug`` must not
+know which backends exist. Each mode registers a factory (config, family ->
+:class:`~netagent.proxy.proxier.Proxier`) and a cleaner (removes what that
+mode ever created in one family), and adding a mode is one entry here.
+
+Mode switches leave nothing behind. kube-proxy users who switch modes keep
+finding the old mode's rules on their nodes (the old mode's chains keep
+matching before the new mode's). netagent's start-up therefore runs the
+cleaner of every mode *other* than the configured one, in every family:
+a node moved from one mode to another ends with only the new mode's state.
+Each cleaner touches only what its own mode names as netagent's (the
+``NETAGENT-`` chains for iptables), so this is safe on a node that never ran
+that mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from netagent.config import AgentConfig
+from netagent.model import IPFamily
+from netagent.proxy.proxier import CleanupResult, Proxier
+
+log = logging.getLogger(__name__)
+
+
+#: A cleaner gets the family and the names (chains, ...) the starting mode writes as well,
+#: which it must leave in place; it returns one result per kernel interface it cleaned.
+Cleaner = Callable[[IPFamily, Callable[[str], bool]], list[CleanupResult]]
+
+
+def _nothing_shared(name: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyMode:
+    """One proxy mode: how to build its proxier and how to remove what it made.
+
+    ``shares`` says which of the names it owns another mode's cleaner must
+    keep when this mode starts (the overlay's chains, which both iptables
+    modes write), so a switch never leaves a window without them.
+    """
+
+    name: str
+    make: Callable[[AgentConfig, IPFamily], Proxier]
+    cleanup: Cleaner
+    summary: str
+    shares: Callable[[str], bool] = _nothing_shared
+
+
+def _make_iptables(config: AgentConfig, family: IPFamily) -> Proxier:
+    from netagent.proxy.conntrack import ConntrackTool
+    from netagent.proxy.iptables.proxier import IptablesProxier
+    from netagent.proxy.iptables.runner import SubprocessIptables, resolve_backend
+
+    backend = resolve_backend(config.iptables_backend)
+    log.info("iptables backend for %s: %s", family.value, backend)
+    return IptablesProxier(
+        runner=SubprocessIptables(family=family, backend=backend),
+        conntrack=ConntrackTool(family=family),
+        family=family,
+        drift_check_period=config.sync_period,
+    )
+
+
+def _make_overlay_only(config: AgentConfig, family: IPFamily) -> Proxier:
+    from netagent.proxy.iptables.runner import SubprocessIptables, resolve_backend
+    from netagent.proxy.overlay_only import OverlayOnlyProxier
+
+    runner = SubprocessIptables(family=family, backend=resolve_backend(config.iptables_backend))
+    return OverlayOnlyProxier(runner=runner, family=family, drift_check_period=config.sync_period)
+
+
+def _cleanup_iptables(family: IPFamily, keep: Callable[[str], bool]) -> list[CleanupResult]:
+    """netagent's chains and jump rules with every installed iptables backend, but ``keep``."""
+    from netagent.proxy.iptables.apply import IptablesApplier
+    from netagent.proxy.iptables.runner import SubprocessIptables
+
+    results = []
+    for backend in ("nft", "legacy"):
+        runner = SubprocessIptables(family=family, backend=backend)
+        if not runner.available():
+            continue
+        report = IptablesApplier.cleanup(runner, keep=keep)
+        removed = len(report.chains_deleted) + len(report.jumps_deleted)
+        results.append(CleanupResult(removed=removed, summary=f"{backend}: {report}"))
+    return results
+
+
+def _overlay_chains(name: str) -> bool:
+    from netagent.proxy.iptables.apply import CANARY_CHAIN
+    from netagent.proxy.overlay_only import OVERLAY_CHAINS
+
+    return name in OVERLAY_CHAINS or name == CANARY_CHAIN
+
+
+MODES: Mapping[str, ProxyMode] = {
+    "iptables": ProxyMode(
+        name="iptables",
+        make=_make_iptables,
+        cleanup=_cleanup_iptables,
+        summary="one atomic iptables-restore per family, a chain per service port",
+        shares=_overlay_chains,
+    ),
+    "none": ProxyMode(
+        name="none",
+        make=_make_overlay_only,
+        # Everything "none" writes, the iptables mode writes too: nothing of its own is left.
+        cleanup=lambda family, keep: [],
+        summary="no Service rules (next to another proxy); only the overlay's chains",
+        shares=_overlay_chains,
+    ),
+}
+
+
+def mode_named(name: str) -> ProxyMode:
+    """The registered mode ``name``; ValueError naming the known ones otherwise."""
+    mode = MODES.get(name)
+    if mode is None:
+        raise ValueError(f"unknown proxy mode {name!r} (known: {', '.join(sorted(MODES))})")
+    return mode
+
+
+def make_proxier(config: AgentConfig, family: IPFamily) -> Proxier:
+    """The configured mode's proxier for ``family``."""
+    return mode_named(config.proxy_mode).make(config, family)
+
+
+def cleanup_other_modes(
+    current: str, families: tuple[IPFamily, ...] = (IPFamily.IPV4, IPFamily.IPV6)
+) -> list[str]:
+    """Remove every other mode's leftovers; the failures, each naming mode and family.
+
+    A failure is reported, not raised: the configured mode still programs
+    the node, and the next start tries again.
+    """
+    failures: list[str] = []
+    starting = MODES.get(current)
+    keep = starting.shares if starting is not None else _nothing_shared
+    for name, mode in sorted(MODES.items()):
+        if name == current:
+            continue
+        for family in families:
+            try:
+                results = mode.cleanup(family, keep)
+            except Exception as exc:
+                failures.append(f"{name} {family.value}: {type(exc).__name__}: {exc}")
+                continue
+            for result in results:
+                if result.removed:
+                    log.info(
+                        "removed leftovers of proxy mode %s (%s): %s",
+                        name,
+                        family.value,
+                        result.summary,
+                    )
+                failures.extend(f"{name} {family.value}: {f}" for f in result.failures)
+    return failures
