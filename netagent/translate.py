@@ -46,6 +46,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
@@ -269,6 +270,10 @@ def parse_ip(text: object) -> IPAddress | None:
     """
     if not isinstance(text, str):
         return None
+    try:  # fast path for canonical IPv4 (inet_pton accepts exactly what ipaddress does)
+        return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text)))
+    except OSError:
+        pass
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:

@@ -8,6 +8,7 @@ DEB_PACKAGES=(
   iptables ipset nftables conntrack iproute2 procps   # the kernel interfaces netagent drives
   iperf3 ethtool tcpdump socat iputils-ping            # lab traffic, offload settings, captures
   python3 python3-venv python3-pip python3-dev gcc     # the agent's runtime and venv
+  podman runc mmdebstrap uidmap fuse-overlayfs         # the container image and the DaemonSet lab
 )
 
 missing=()

@@ -10,6 +10,19 @@ echo "== ruff"
 "$VENV/bin/ruff" check .
 echo "== mypy"
 "$VENV/bin/mypy"
+echo "== hadolint"
+"$VENV/bin/hadolint" daemonset/Containerfile
+echo "== manifests (Kubernetes OpenAPI schemas)"
+for version in 1.29.0 "$("$VENV/bin/python" -c 'import kubernetes_validate as k; print(k.latest_version())')"; do
+  "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" daemonset/*.yaml
+  echo "daemonset/*.yaml valid for Kubernetes $version"
+done
+echo "== image (scripts/image.sh, cached)"
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/image.sh
+elif [ "${CI:-}" = "true" ]; then
+  echo "test.sh: building the image needs root" >&2; exit 1
+fi
 echo "== pytest"
 "$VENV/bin/pytest" -p no:cacheprovider "$@"
 leftover="$(ip netns list 2>/dev/null | grep -E '^na-' || true)"
@@ -17,4 +30,11 @@ if [ -n "$leftover" ]; then
   echo "test.sh: the tests left network namespaces behind:" >&2
   echo "$leftover" >&2
   exit 1
+fi
+if command -v podman >/dev/null 2>&1; then
+  left="$(CONTAINERS_CONF=scripts/containers.conf podman ps -a --format '{{.Names}}' | grep -E '^na-ds-' || true)"
+  if [ -n "$left" ]; then
+    echo "test.sh: the tests left containers behind: $left" >&2
+    exit 1
+  fi
 fi

@@ -86,10 +86,11 @@ class Faults:
     # -- request log ----------------------------------------------------------------
 
     def record(self, when: float, method: str, path: str, query: str, status: int,
-               watch: bool) -> None:
+               watch: bool, client: str = "") -> None:
+        """Log one request; ``client`` is the caller's address (whose request it was)."""
         with self._lock:
             self._log.append({"time": when, "method": method, "path": path, "query": query,
-                              "status": status, "watch": watch})
+                              "status": status, "watch": watch, "client": client})
 
     def requests(self) -> list[dict[str, Any]]:
         with self._lock:

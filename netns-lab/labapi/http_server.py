@@ -197,7 +197,8 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if self._status:
                 self.server.faults.record(arrived, self.command, path, url.query,
-                                          self._status, self._watch)
+                                          self._status, self._watch,
+                                          client=str(self.client_address[0]))
 
     # -- lab paths ------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -65,6 +65,8 @@ ECHO_PORTS = (8080, 5353)
 OVERLAYS = ("vxlan", "host-gw", "none")
 READY_TIMEOUT = 30.0
 
+AgentFactory = Callable[["ClusterLab", "ClusterNode", Sequence[str]], agent_process.AgentHandle]
+
 
 def node_ip(index: int) -> str:
     """The underlay address of node ``index`` (1-based)."""
@@ -85,16 +87,19 @@ class ClusterNode:
     pod_mtu: int = 1500
     next_host: int = 11
     agent: agent_process.AgentHandle | None = None
+    # Set by an agent factory whose agent writes elsewhere (netnslab.daemonset_lab).
+    subnet_path: Path | None = None
+    cni_path: Path | None = None
 
     @property
     def subnet_file(self) -> Path:
         """Where this node's agent writes subnet.env."""
-        return self.workdir / "subnet.env"
+        return self.subnet_path or self.workdir / "subnet.env"
 
     @property
     def cni_file(self) -> Path:
         """Where this node's agent writes its CNI conflist."""
-        return self.workdir / "10-netagent.conflist"
+        return self.cni_path or self.workdir / "10-netagent.conflist"
 
 
 @dataclass
@@ -125,6 +130,7 @@ class ClusterLab:
         agent_args: Sequence[str] = (),
         start_agents: bool = True,
         keep_workdir: bool = False,
+        agent_factory: AgentFactory | None = None,
     ) -> None:
         if overlay not in OVERLAYS:
             raise ValueError(f"overlay must be one of {', '.join(OVERLAYS)}, got {overlay!r}")
@@ -141,6 +147,8 @@ class ClusterLab:
         self.agent_args = list(agent_args)
         self.start_agents = start_agents
         self.keep_workdir = keep_workdir
+        # None: ``python -m netagent`` per node; else e.g. netnslab.daemonset_lab's containers.
+        self.agent_factory = agent_factory
         self.underlay_ns = namespace_name("ul", self.suffix)
         self.cp_ns = namespace_name("cp", self.suffix)
         self.outside_ns = namespace_name("out", self.suffix)
@@ -445,6 +453,9 @@ class ClusterLab:
         node = self.nodes[name]
         if node.agent is not None and node.agent.running():
             raise RuntimeError(f"the agent of {name} is already running")
+        if self.agent_factory is not None:
+            node.agent = self.agent_factory(self, node, extra)
+            return node.agent
         count = len(list(node.workdir.glob("agent-*.log")))
         bin_dir = self._restore_fault_wrappers(node)
         handle = agent_process.AgentHandle(
