@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "netns-lab"))
 
-from netnslab.cluster import CURRENT_CLUSTER, ClusterLab  # noqa: E402
+from netnslab.agent_process import run_netagent  # noqa: E402
+from netnslab.cluster import CLUSTER_CIDR, CURRENT_CLUSTER, ClusterLab  # noqa: E402
 from netnslab.traffic import ProbeResult  # noqa: E402
 
 DNS_PORTS = [
@@ -52,7 +53,18 @@ def show(title: str, results: list[ProbeResult], lab: ClusterLab) -> None:
 
 def main() -> int:
     overlay = os.environ.get("NETAGENT_LAB_OVERLAY", "vxlan")
-    lab = ClusterLab(overlay=overlay, detached=True)
+    factory = None
+    if os.environ.get("NETAGENT_LAB_AGENTS") == "daemonset":
+        # The agents run as the DaemonSet says: its image, command, args, env and mounts,
+        # one podman container per lab node, in that node's namespace.
+        from netnslab.daemonset_lab import DaemonSetAgents, build_image
+
+        say(f"building the image (scripts/image.sh, cached): {build_image()}")
+        factory = DaemonSetAgents(cluster_cidr=CLUSTER_CIDR)
+        overlay = (factory.config.get("overlay") or {}).get("backend", "none")
+        for note in factory.spec.lab_notes:
+            say(f"  lab note: {note}")
+    lab = ClusterLab(overlay=overlay, detached=True, agent_factory=factory)
     lab.up()
     CURRENT_CLUSTER.write_text(lab.suffix + "\n")
     say(f"cluster lab {lab.suffix}: 3 nodes, overlay {overlay}")
@@ -106,8 +118,21 @@ def main() -> int:
         say()
         say(f"Pods on node-2 and node-3 answered across the {overlay} overlay; pod-to-pod keeps")
         say("the client pod's own address, NodePort traffic from outside is masqueraded.")
+    node1 = lab.node("node-1")
+    flags = lab.agent_argv(node1)[1:]  # the agent's own flags, without "run"
     say()
-    say(f"Explore: ip netns exec {lab.node('node-1').ns} ip route; bridge fdb show dev flannel.1")
+    say("What node-1's agent programmed for default/web (netagent debug services default/web):")
+    report = run_netagent(node1.ns, lab.python, ["debug", "services", "default/web", *flags])
+    say(report.stdout.rstrip() or report.stderr.rstrip())
+    diff = run_netagent(node1.ns, lab.python, ["debug", "diff", *flags])
+    last = (diff.stdout.strip().splitlines() or [diff.stderr.strip()])[-1]
+    say(f"netagent debug diff on node-1 (kernel against desired): exit {diff.returncode}, {last}")
+    say()
+    say(f"Explore: ip netns exec {node1.ns} ip route; bridge fdb show dev flannel.1")
+    say(
+        f"  ip netns exec {node1.ns} {lab.python} -m netagent debug overlay "
+        + " ".join(flags)
+    )
     say("Tear down: bash scripts/lab.sh down")
     return 0
 

@@ -5,6 +5,7 @@
 # `scripts/lab.sh down` removes everything the lab made. Needs root; never changes the host's
 # root network namespace (it only gets a loopback port forwarding to the lab API server).
 # NETAGENT_LAB_OVERLAY=host-gw|none picks another overlay (default vxlan).
+# NETAGENT_LAB_AGENTS=daemonset runs each node's agent from daemonset/ (its image, with podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd="${1:-up}"

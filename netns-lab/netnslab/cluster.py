@@ -793,6 +793,10 @@ def down_detached(suffix: str) -> list[str]:
     if record is None:
         raise LookupError(f"no run record for lab {suffix}")
     removed = [ns for ns in reversed(record.namespaces) if delete_namespace(ns)]
+    if shutil.which("podman") is not None:  # agents started from the DaemonSet, if any
+        from netnslab.daemonset_lab import remove_containers
+
+        removed += remove_containers(suffix)
     if record.workdir:
         shutil.rmtree(record.workdir, ignore_errors=True)
     record.remove()

@@ -360,6 +360,16 @@ class DaemonSetAgents:
         self.containers.clear()
 
 
+def remove_containers(suffix: str) -> list[str]:
+    """Remove every agent container of lab run ``suffix`` (``lab.sh down``); their names."""
+    prefix = f"na-ds-{suffix}-"
+    names = podman("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
+    ours = [n for n in names if n.startswith(prefix)]
+    for name in ours:
+        podman("rm", "--force", "--ignore", "-t", "5", name, check=False)
+    return ours
+
+
 def kubeconfig_for(url: str) -> str:
     """The lab's kubeconfig (plain HTTP, no credentials) for ``url``."""
     from netnslab.cluster import kubeconfig_text
