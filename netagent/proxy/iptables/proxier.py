@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from netagent.model import IPFamily, ProxyState
 from netagent.overlay.rules_intent import OverlayRules
@@ -24,7 +23,7 @@ from netagent.proxy.conntrack import Conntrack, stale_udp_flows
 from netagent.proxy.iptables.apply import ApplyResult, IptablesApplier
 from netagent.proxy.iptables.overlay_render import render_overlay_rules
 from netagent.proxy.iptables.render import IptablesRenderer, render_iptables
-from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
+from netagent.proxy.iptables.rules import RenderedIptables
 from netagent.proxy.iptables.runner import IptablesRunner
 from netagent.proxy.proxier import CleanupResult, OwnedObject, SyncResult
 
@@ -33,15 +32,7 @@ log = logging.getLogger(__name__)
 MODE = "iptables"
 
 
-@dataclass(frozen=True, slots=True)
-class ExtraRules:
-    """Owned chains (table -> chain -> rule lines) and their jumps, added to a sync."""
-
-    tables: Mapping[str, Mapping[str, tuple[str, ...]]]
-    jumps: tuple[JumpRule, ...] = ()
-
-
-def merge_rendered(rendered: RenderedIptables, extra: ExtraRules) -> RenderedIptables:
+def merge_rendered(rendered: RenderedIptables, extra: RenderedIptables) -> RenderedIptables:
     """``rendered`` plus ``extra``'s chains and jumps (a chain name may not appear in both)."""
     tables = {table: dict(chains) for table, chains in rendered.tables.items()}
     for table, chains in extra.tables.items():
@@ -74,7 +65,7 @@ def render_with_overlay(
     if rendered.family is not IPFamily.IPV4:
         raise ValueError("the overlay's rules are IPv4 only")
     extra = render_overlay_rules(overlay, masquerade_mark=1 << masquerade_bit)
-    return merge_rendered(rendered, ExtraRules(tables=extra.tables, jumps=extra.jumps))
+    return merge_rendered(rendered, extra)
 
 
 def sync_result(
