@@ -12,17 +12,11 @@ required when CI=true; elsewhere the tests skip without it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labapi import LabApiServer, write_kubeconfig
-
-KUBECTL = shutil.which("kubectl")
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from conftest import run_kubectl
+from labapi import LabApiServer
 
 MANIFEST = """\
 apiVersion: v1
@@ -56,27 +50,11 @@ spec:
 
 
 @pytest.fixture
-def kubectl(tmp_path: Path) -> Iterator[tuple[LabApiServer, list[str]]]:
-    if KUBECTL is None:
-        if IN_CI:
-            pytest.fail("CI=true and kubectl is not on PATH", pytrace=False)
-        pytest.skip("kubectl is not installed")
-    srv = LabApiServer().start()
-    kc = write_kubeconfig(tmp_path / "kubeconfig", srv.url)
-    base = [KUBECTL, "--kubeconfig", str(kc), "--cache-dir", str(tmp_path / "cache"),
-            "--request-timeout=10s"]
-    try:
-        yield srv, base
-    finally:
-        srv.stop()
+def kubectl(kubectl_lab: tuple[LabApiServer, list[str]]) -> tuple[LabApiServer, list[str]]:
+    return kubectl_lab
 
 
-def run(base: list[str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, HOME=os.environ.get("HOME", "/tmp")))
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc
+run = run_kubectl
 
 
 def test_kubectl_round_trip(kubectl: tuple[LabApiServer, list[str]], tmp_path: Path) -> None:

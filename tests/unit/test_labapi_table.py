@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import calendar
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from labapi import LabApiServer, write_kubeconfig
+from conftest import run_kubectl
+from labapi import LabApiServer
 from labapi import table_printers as tp
 
-KUBECTL = shutil.which("kubectl")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 KUBECTL_ACCEPT = ("application/json;as=Table;v=v1;g=meta.k8s.io,"
                   "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")
 
@@ -363,15 +358,8 @@ def test_http_watch_sends_column_definitions_once(server: LabApiServer) -> None:
 
 
 @pytest.fixture
-def kubectl(tmp_path: Path) -> Iterator[tuple[LabApiServer, list[str]]]:
-    if KUBECTL is None:
-        if IN_CI:
-            pytest.fail("CI=true and kubectl is not on PATH", pytrace=False)
-        pytest.skip("kubectl is not installed")
-    srv = LabApiServer().start()
-    kc = write_kubeconfig(tmp_path / "kubeconfig", srv.url)
-    base = [KUBECTL, "--kubeconfig", str(kc), "--cache-dir", str(tmp_path / "cache"),
-            "--request-timeout=10s"]
+def kubectl(kubectl_lab: tuple[LabApiServer, list[str]]) -> Iterator[tuple[LabApiServer, list[str]]]:
+    srv, base = kubectl_lab
     store = srv.store
     store.create("nodes", None, {
         "metadata": {"name": "node-1", "labels": {"node-role.kubernetes.io/control-plane": ""}},
@@ -394,17 +382,11 @@ def kubectl(tmp_path: Path) -> Iterator[tuple[LabApiServer, list[str]]]:
                 {"name": "c", "image": "busybox", "ports": [{"containerPort": 8080}]}]},
             "status": {"phase": "Running", "podIP": f"10.244.0.{11 + i}",
                        "conditions": [{"type": "Ready", "status": "True"}]}})
-    try:
-        yield srv, base
-    finally:
-        srv.stop()
+    yield srv, base
 
 
 def run(base: list[str], *args: str) -> str:
-    proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, HOME=os.environ.get("HOME", "/tmp")))
-    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
+    return run_kubectl(base, *args).stdout
 
 
 def parse(output: str) -> tuple[list[str], list[dict[str, str]]]:
