@@ -152,6 +152,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     """Every part that can run does; 1 at the end if any part failed (each says why)."""
     parts: tuple[tuple[str, Callable[[], bool]], ...] = (
         ("iptables rules", _cleanup_iptables),
+        ("nftables tables", _cleanup_nftables),
         ("overlay routes and devices", lambda: _cleanup_overlay(args)),
         ("files", lambda: _cleanup_files(args)),
     )
@@ -168,6 +169,21 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         log.error("cleanup incomplete: %s not (fully) removed, see above", ", ".join(failed))
         return 1
     return 0
+
+
+def _cleanup_nftables() -> bool:
+    """netagent's ``ip netagent`` and ``ip6 netagent`` tables; True when nft is not installed."""
+    from netagent.model import IPFamily
+    from netagent.proxy.nftables.proxier import cleanup_table
+    from netagent.proxy.nftables.runner import SubprocessNft
+
+    runner = SubprocessNft()
+    if not runner.available():
+        log.debug("cleanup: nft not installed, so netagent cannot have made nftables tables")
+        return True
+    for family in (IPFamily.IPV4, IPFamily.IPV6):
+        log.info("cleanup nftables %s: %s", family.value, cleanup_table(runner, family).summary)
+    return True
 
 
 def _cleanup_iptables() -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from netagent import config_values as v
 
 #: Must list netagent.proxy.registry.MODES (a unit test checks; the registry imports config).
-PROXY_MODES = ("iptables", "none")
+PROXY_MODES = ("iptables", "nftables", "none")
 IPTABLES_BACKENDS = ("auto", "nft", "legacy")
 OVERLAY_BACKENDS = ("none", "vxlan", "host-gw")
 #: ``overlay.vxlanTxChecksum`` values (see netagent/overlay/checksum.py).

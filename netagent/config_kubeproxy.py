@@ -60,7 +60,11 @@ _GENERIC = "not in v1alpha1: where kube-proxy's internal config and KEP-784 keep
 
 FIELDS: tuple[KubeProxyField, ...] = (
     # ---- used -------------------------------------------------------------------------------
-    _K("mode", "proxy_mode", note='`""` means the default; only `iptables` is accepted'),
+    _K(
+        "mode",
+        "proxy_mode",
+        note='`""` means the default; `iptables` and `nftables` are accepted, `ipvs` not yet',
+    ),
     _K("clusterCIDR", "cluster_cidrs"),
     _K("nodePortAddresses", "nodeport_addresses", note="`primary` is refused"),
     _K("hostnameOverride", "node_name", note='`""` leaves `$NODE_NAME` / `--node-name`'),
@@ -111,7 +115,10 @@ FIELDS: tuple[KubeProxyField, ...] = (
     _K("ipvs.tcpTimeout", duration=True),
     _K("ipvs.tcpFinTimeout", duration=True),
     _K("ipvs.udpTimeout", duration=True),
-    _K("nftables.masqueradeAll", note="netagent has no nftables mode yet"),
+    _K(
+        "nftables.masqueradeAll",
+        note="netagent's nftables mode reads the top-level fields (masqueradeAll, syncPeriod, ...)",
+    ),
     _K("nftables.masqueradeBit", defaults=(14,)),
     _K("nftables.syncPeriod", defaults=("30s",), duration=True),
     _K("nftables.minSyncPeriod", defaults=("1s",), duration=True),
@@ -229,8 +236,6 @@ def _walk(path: str, value: object, out: dict[str, tuple[str, object]]) -> None:
     if spec.attr in out:
         other, first = out[spec.attr]
         if first != value:
-            raise ConfigError(
-                path, f"disagrees with {other} ({first!r}); set one of them"
-            )
+            raise ConfigError(path, f"disagrees with {other} ({first!r}); set one of them")
         return
     out[spec.attr] = (path, value)

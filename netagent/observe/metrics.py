@@ -164,6 +164,17 @@ class ProxyMetrics:
             "iptables-restore runs that failed",
             registry=reg,
         )
+        self.nft_failures = Counter(
+            f"{PREFIX}sync_proxy_rules_nftables_sync_failures_total",
+            "nft transactions of the nftables mode that failed",
+            registry=reg,
+        )
+        self.nft_objects = Gauge(
+            f"{PREFIX}sync_proxy_rules_nftables_objects_total",
+            "Chains, rules and set or map elements in netagent's nftables tables",
+            ["kind"],
+            registry=reg,
+        )
         self.rule_count = Gauge(
             f"{PREFIX}sync_proxy_rules_iptables_total",
             "Rules the proxy has programmed, per table",
@@ -206,6 +217,18 @@ class ProxyMetrics:
     def restore_failed(self) -> None:
         """An iptables-restore run failed."""
         self.restore_failures.inc()
+
+    def sync_failed(self, mode: str) -> None:
+        """A sync of ``mode`` failed: counted under that mode's failure counter."""
+        if mode == "nftables":
+            self.nft_failures.inc()
+        else:
+            self.restore_failures.inc()
+
+    def set_nftables_counts(self, counts: Mapping[str, int]) -> None:
+        """Chains, rules and elements of the nftables mode's tables."""
+        for kind, count in counts.items():
+            self.nft_objects.labels(kind=kind).set(count)
 
     def set_rule_counts(self, counts: Mapping[str, int]) -> None:
         """Rules programmed per table (``sync_proxy_rules_iptables_total{table}``)."""

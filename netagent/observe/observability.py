@@ -48,6 +48,7 @@ class Observability:
     def __init__(self, config: AgentConfig) -> None:
         self.health = ProxyHealth(sync_period=config.sync_period, node_name=config.node_name)
         self.metrics = ProxyMetrics()
+        self._mode = config.proxy_mode
         self._health_server = HealthServer(self.health, config.healthz_bind_address)
         self.endpoints = AgentEndpoints(config)
         self._metrics_server = MetricsServer(
@@ -81,14 +82,19 @@ class Observability:
     def synced(self, results: Sequence[SyncResult], states: Sequence[ProxyState]) -> None:
         """Every family was applied."""
         counts: dict[str, int] = {}
+        nft_counts: dict[str, int] = {}
         for result in results:
             self.metrics.observe_sync(result, full=result.full)
+            target = nft_counts if result.mode == "nftables" else counts
             for table, count in result.rule_counts.items():
-                counts[table] = counts.get(table, 0) + count
-        self.metrics.set_rule_counts(counts)
+                target[table] = target.get(table, 0) + count
+        if counts:
+            self.metrics.set_rule_counts(counts)
+        if nft_counts:
+            self.metrics.set_nftables_counts(nft_counts)
         self.health.updated()
         self.service_health.sync(health_check_ports(states))
 
     def failed(self) -> None:
         """A sync failed (the kernel kept its previous rules)."""
-        self.metrics.restore_failed()
+        self.metrics.sync_failed(self._mode)

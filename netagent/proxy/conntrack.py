@@ -248,3 +248,19 @@ class FakeConntrack:
         count = len(self.flows) - len(keep)
         self.flows = keep
         return count
+
+
+def delete_stale_udp(conntrack: Conntrack, old: ProxyState | None, new: ProxyState) -> int:
+    """Delete :func:`stale_udp_flows` once ``new`` is in the kernel; how many deletions ran.
+
+    A failed deletion is logged and skipped: a leftover flow must not fail
+    the sync that already programmed the new rules.
+    """
+    deletes = 0
+    for flow in stale_udp_flows(old, new):
+        try:
+            conntrack.delete(flow)
+            deletes += 1
+        except Exception as exc:
+            log.warning("conntrack cleanup of %s failed: %s", flow, exc)
+    return deletes

@@ -76,6 +76,30 @@ def _make_overlay_only(config: AgentConfig, family: IPFamily) -> Proxier:
     return OverlayOnlyProxier(runner=runner, family=family, drift_check_period=config.sync_period)
 
 
+def _make_nftables(config: AgentConfig, family: IPFamily) -> Proxier:
+    from netagent.proxy.conntrack import ConntrackTool
+    from netagent.proxy.nftables.proxier import NftablesProxier
+    from netagent.proxy.nftables.runner import SubprocessNft
+
+    return NftablesProxier(
+        runner=SubprocessNft(),
+        conntrack=ConntrackTool(family=family),
+        family=family,
+        drift_check_period=config.sync_period,
+    )
+
+
+def _cleanup_nftables(family: IPFamily, keep: Callable[[str], bool]) -> list[CleanupResult]:
+    """Delete netagent's nftables table of ``family`` (no other table is ever touched)."""
+    from netagent.proxy.nftables.proxier import cleanup_table
+    from netagent.proxy.nftables.runner import SubprocessNft
+
+    runner = SubprocessNft()
+    if not runner.available():
+        return []
+    return [cleanup_table(runner, family)]
+
+
 def _cleanup_iptables(family: IPFamily, keep: Callable[[str], bool]) -> list[CleanupResult]:
     """netagent's chains and jump rules with every installed iptables backend, but ``keep``."""
     from netagent.proxy.iptables.apply import IptablesApplier
@@ -106,6 +130,12 @@ MODES: Mapping[str, ProxyMode] = {
         cleanup=_cleanup_iptables,
         summary="one atomic iptables-restore per family, a chain per service port",
         shares=_overlay_chains,
+    ),
+    "nftables": ProxyMode(
+        name="nftables",
+        make=_make_nftables,
+        cleanup=_cleanup_nftables,
+        summary="netagent's own nftables table per family; services as map elements",
     ),
     "none": ProxyMode(
         name="none",

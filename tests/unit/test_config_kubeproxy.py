@@ -172,8 +172,8 @@ def test_the_brief_example_message(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [
-        ("mode: ipvs\n", "mode", "must be one of iptables, none, got 'ipvs'"),
-        ("mode: nftables\n", "mode", "must be one of iptables"),
+        ("mode: ipvs\n", "mode", "must be one of iptables, nftables, none, got 'ipvs'"),
+        ("mode: kernelspace\n", "mode", "must be one of iptables, nftables, none"),
         ("nodePortAddresses: [primary]\n", "nodePortAddresses", "the keyword 'primary'"),
         (
             "iptables: {minSyncPeriod: fast}\n",

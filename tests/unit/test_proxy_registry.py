@@ -84,7 +84,10 @@ class Source:
 def test_make_proxier_builds_the_configured_mode_and_refuses_unknown_ones() -> None:
     config = build_config({"node_name": "n1"}, env={})
     assert registry.make_proxier(config, IPFamily.IPV4).mode == "iptables"
-    with pytest.raises(ValueError, match="unknown proxy mode 'ipvs' \\(known: iptables, none\\)"):
+    nft_config = build_config({"node_name": "n1", "proxy_mode": "nftables"}, env={})
+    assert registry.make_proxier(nft_config, IPFamily.IPV6).mode == "nftables"
+    known = "known: iptables, nftables, none"
+    with pytest.raises(ValueError, match=f"unknown proxy mode 'ipvs' \\({known}\\)"):
         registry.mode_named("ipvs")
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from netagent.model import IPFamily, ProxyState
 from netagent.overlay.rules_intent import OverlayRules
-from netagent.proxy.conntrack import Conntrack, stale_udp_flows
+from netagent.proxy.conntrack import Conntrack, delete_stale_udp
 from netagent.proxy.iptables.apply import ApplyResult, IptablesApplier
 from netagent.proxy.iptables.overlay_render import render_overlay_rules
 from netagent.proxy.iptables.render import IptablesRenderer, render_iptables
@@ -149,12 +149,7 @@ class IptablesProxier:
         t2 = time.perf_counter()
         deletes = 0
         if self._conntrack is not None:
-            for flow in stale_udp_flows(self._previous, state):
-                try:
-                    self._conntrack.delete(flow)
-                    deletes += 1
-                except Exception as exc:  # a leftover flow must not fail the sync
-                    log.warning("conntrack cleanup of %s failed: %s", flow, exc)
+            deletes = delete_stale_udp(self._conntrack, self._previous, state)
         self._previous = state
         self.last_rendered = rendered
         self.last_apply = result

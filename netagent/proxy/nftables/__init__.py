@@ -1,0 +1,1 @@
+"""The nftables proxy mode: netagent's own ``ip netagent`` and ``ip6 netagent`` tables, on maps."""
