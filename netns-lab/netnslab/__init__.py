@@ -23,6 +23,7 @@ from netnslab.single_node import (
     OUTSIDE_IP,
     POD_CIDR,
     POD_IPS,
+    PROXY_MODES,
     LabPod,
     SingleNodeLab,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "POD_CIDR",
     "POD_IPS",
     "PREFIX",
+    "PROXY_MODES",
     "AgentHandle",
     "AgentRun",
     "LabCommandError",

@@ -60,6 +60,10 @@ class LabService:
     namespace: str = "default"
     type: str = "ClusterIP"
     external_ips: tuple[str, ...] = ()
+    #: ``status.loadBalancer.ingress[*].ip``: what a cloud controller would have assigned.
+    load_balancer_ips: tuple[str, ...] = ()
+    #: ``spec.loadBalancerSourceRanges``.
+    source_ranges: tuple[str, ...] = ()
     session_affinity: str = "None"
     affinity_timeout: int | None = None
     external_traffic_policy: str | None = None
@@ -118,13 +122,19 @@ def service_manifest(svc: LabService) -> Manifest:
         spec["externalTrafficPolicy"] = svc.external_traffic_policy
     if svc.internal_traffic_policy is not None:
         spec["internalTrafficPolicy"] = svc.internal_traffic_policy
+    if svc.source_ranges:
+        spec["loadBalancerSourceRanges"] = list(svc.source_ranges)
     spec.update(svc.extra_spec)
-    return {
+    manifest: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": svc.name, "namespace": svc.namespace},
         "spec": spec,
     }
+    if svc.load_balancer_ips:
+        ingress = [{"ip": ip} for ip in svc.load_balancer_ips]
+        manifest["status"] = {"loadBalancer": {"ingress": ingress}}
+    return manifest
 
 
 def endpoint_slice_manifest(

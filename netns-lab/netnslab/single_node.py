@@ -26,6 +26,7 @@ and only br_netfilter lets conntrack undo the DNAT on it.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,8 @@ UPLINK_PREFIX = 24
 EXTERNAL_IP_RANGE = "198.51.100.0/24"
 #: Ports every echo server listens on, TCP and UDP.
 ECHO_PORTS = (8080, 5353)
+#: Proxy modes whose programmed state the lab can read back (:meth:`SingleNodeLab.programmed_text`).
+PROXY_MODES = ("iptables", "nftables")
 
 ECHO_SCRIPT = Path(__file__).with_name("echo_server.py")
 SERVER_READY_TIMEOUT = 10.0
@@ -78,6 +81,9 @@ class SingleNodeLab:
     """The single-node lab; use as a context manager or call :meth:`up` / :meth:`down`.
 
     ``down`` is safe to call twice and after an ``up`` that failed halfway.
+    ``proxy_mode`` is passed to every agent it starts (``--proxy-mode``), and
+    decides how :meth:`programmed_text` and the ``rules_mention_*`` helpers
+    read back what the agent wrote, so one test can run against every mode.
     """
 
     def __init__(
@@ -88,7 +94,11 @@ class SingleNodeLab:
         workdir: Path | None = None,
         detached: bool = False,
         keep_workdir: bool = False,
+        proxy_mode: str = "iptables",
     ) -> None:
+        if proxy_mode not in PROXY_MODES:
+            raise ValueError(f"proxy mode {proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
+        self.proxy_mode = proxy_mode
         self.names = LabNames(suffix or new_suffix())
         if not is_suffix(self.names.suffix):
             raise ValueError(f"bad run suffix {self.names.suffix!r}: six lowercase hex digits")
@@ -376,6 +386,50 @@ class SingleNodeLab:
         argv = ["iptables-save", *(["-t", table] if table else [])]
         return self.ns_exec(self.node_ns, argv).stdout
 
+    def iptables_save_all_backends(self) -> str:
+        """``iptables-save`` of the nft backend, then of the legacy one (empty if not installed).
+
+        The agent auto-detects its backend, so a check that nothing (or something)
+        was written must read both.
+        """
+        legacy = self.ns_exec(self.node_ns, ["iptables-legacy-save"], check=False).stdout
+        return self.iptables_save() + legacy
+
+    def nft_ruleset(self) -> str:
+        """``nft list ruleset`` in the node namespace (iptables-nft's tables included)."""
+        return self.ns_exec(self.node_ns, ["nft", "list", "ruleset"]).stdout
+
+    # ---- what the agent programmed, in the lab's proxy mode -------------------------------
+
+    def programmed_text(self) -> str:
+        """What the agent programmed in the node's kernel, as the lab's proxy mode spells it.
+
+        iptables: ``iptables-save`` of both backends; nftables: ``nft list ruleset``.
+        """
+        if self.proxy_mode == "nftables":
+            return self.nft_ruleset()
+        return self.iptables_save_all_backends()
+
+    def rules_mention_endpoint(self, ip: str, port: int, text: str | None = None) -> bool:
+        """Whether traffic can be sent to endpoint ``ip:port`` by the programmed rules.
+
+        iptables: a DNAT rule to ``IP:PORT``; nftables: a map element whose
+        value is ``IP . PORT`` (``10.96.0.10 . 80 . 0 : 10.244.0.3 . 8080`` in
+        ``service-endpoints-tcp``; the key's spelling does not matter here).
+        ``text`` is a :meth:`programmed_text` read earlier (read now when None).
+        """
+        text = self.programmed_text() if text is None else text
+        addr = re.escape(ip)
+        if self.proxy_mode == "nftables":
+            return re.search(rf"(?<![\d.]){addr} \. {port}(?!\d)", text) is not None
+        spelled = re.compile(rf"(?<![\d.]){addr}:{port}(?!\d)")
+        return any("DNAT" in line and spelled.search(line) for line in text.splitlines())
+
+    def rules_mention_address(self, ip: str, text: str | None = None) -> bool:
+        """Whether ``ip`` appears anywhere in the programmed rules, in either mode."""
+        text = self.programmed_text() if text is None else text
+        return re.search(rf"(?<![\d.]){re.escape(ip)}(?![\d]|\.\d)", text) is not None
+
     def tcp_probe(
         self, from_ns: str, ip: str, port: int, payload: str = "hello\n", timeout: float = 2.0
     ) -> traffic.ProbeResult:
@@ -474,7 +528,7 @@ class SingleNodeLab:
         )
 
     def agent_args(self, manifest_dir: Path, *, once: bool, extra: Sequence[str] = ()) -> list[str]:
-        """``run --manifests DIR [--once] --node-name N --cluster-cidr C EXTRA``."""
+        """``run --manifests DIR [--once] --node-name N --cluster-cidr C --proxy-mode M EXTRA``."""
         return [
             "run",
             "--manifests",
@@ -484,6 +538,8 @@ class SingleNodeLab:
             self.node_name,
             "--cluster-cidr",
             CLUSTER_CIDR,
+            "--proxy-mode",
+            self.proxy_mode,
             *extra,
         ]
 

@@ -6,6 +6,10 @@ list of one test can change the outcome of another. Its workdir (agent and
 echo-server logs, manifests) lives in the test's ``tmp_path`` and is kept,
 so a failing test leaves its logs behind.
 
+``proxy_lab`` is the same lab once per proxy mode (``iptables``, ``nftables``):
+a semantic test written against it states what a Service must do, and every
+mode has to do it. It never skips: a mode the agent does not accept yet fails.
+
 At session start, namespaces left by killed runs of this user are removed
 (:func:`netnslab.cleanup_stale`); at session end, any namespace carrying a
 suffix this session created fails the run.
@@ -19,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netnslab import SingleNodeLab, cleanup_stale, parse_namespace
+from netnslab import PROXY_MODES, SingleNodeLab, cleanup_stale, parse_namespace
 from netnslab.names import used_suffixes
 from netnslab.netns import list_namespaces
 
@@ -50,12 +54,29 @@ def _no_leaked_namespaces() -> Iterator[None]:
     assert not leaked, f"lab namespaces left behind by this run: {', '.join(leaked)}"
 
 
-@pytest.fixture
-def single_node_lab(tmp_path: Path) -> Iterator[SingleNodeLab]:
-    """A running single-node lab, torn down after the test whatever happens."""
-    lab = SingleNodeLab(workdir=tmp_path / "lab", keep_workdir=True)
+def _running_lab(tmp_path: Path, proxy_mode: str) -> Iterator[SingleNodeLab]:
+    """A started lab whose agents run in ``proxy_mode``; torn down whatever happens."""
+    lab = SingleNodeLab(workdir=tmp_path / "lab", keep_workdir=True, proxy_mode=proxy_mode)
     try:
         lab.up()
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture
+def single_node_lab(tmp_path: Path) -> Iterator[SingleNodeLab]:
+    """A running single-node lab (iptables mode), torn down after the test whatever happens."""
+    yield from _running_lab(tmp_path, "iptables")
+
+
+@pytest.fixture(params=PROXY_MODES, ids=PROXY_MODES)
+def proxy_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SingleNodeLab]:
+    """A running single-node lab whose agents use one proxy mode; one test per mode."""
+    yield from _running_lab(tmp_path, request.param)
+
+
+@pytest.fixture
+def nftables_lab(tmp_path: Path) -> Iterator[SingleNodeLab]:
+    """A running single-node lab whose agents run in nftables mode (mode-specific tests)."""
+    yield from _running_lab(tmp_path, "nftables")
