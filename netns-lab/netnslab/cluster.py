@@ -46,7 +46,14 @@ from typing import Any
 from netnslab import agent_process, traffic
 from netnslab.api_http import ApiError, LabApiClient
 from netnslab.names import is_suffix, link_name, namespace_name, new_suffix, remember_suffix
-from netnslab.netns import add_namespace, delete_namespace, exec_argv, ip_batch, ns_exec
+from netnslab.netns import (
+    LabCommandError,
+    add_namespace,
+    delete_namespace,
+    exec_argv,
+    ip_batch,
+    ns_exec,
+)
 from netnslab.runs import STATE_DIR, RunRecord
 
 log = logging.getLogger(__name__)
@@ -695,6 +702,66 @@ class ClusterLab:
         """``iptables-save`` on a node."""
         argv = ["iptables-save", *(["-t", table] if table else [])]
         return self.ns_exec(node, argv).stdout
+
+    def iptables_save_backends(self, node: str) -> dict[str, str]:
+        """Every iptables backend's save on a node, by tool name (both families, nft and legacy).
+
+        The nftables mode must leave no rule of netagent's in any of them, and
+        a proxy-mode switch must clean up whichever backend the previous mode
+        used, so a check reads all four rather than whatever ``iptables``
+        points at.
+        """
+        tools = (
+            "iptables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-nft-save",
+            "ip6tables-legacy-save",
+        )
+        return {tool: self.ns_exec(node, [tool]).stdout for tool in tools}
+
+    def nft_list(self, node: str, family: str = "ip", table: str = "netagent") -> str | None:
+        """``nft list table FAMILY TABLE`` on a node; None when the table does not exist."""
+        argv = ["nft", "list", "table", family, table]
+        proc = self.ns_exec(node, argv, check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        if "No such file or directory" in proc.stderr:
+            return None
+        raise LabCommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def nft_tables(self, node: str) -> list[tuple[str, str]]:
+        """``nft list tables`` on a node, as ``(family, name)`` pairs."""
+        out = self.ns_exec(node, ["nft", "list", "tables"]).stdout
+        return [
+            (words[1], words[2])
+            for words in (line.split() for line in out.splitlines())
+            if len(words) == 3 and words[0] == "table"
+        ]
+
+    def wait_for_nft(
+        self,
+        name: str,
+        needle: str,
+        *,
+        present: bool = True,
+        timeout: float = 20.0,
+        family: str = "ip",
+    ) -> str:
+        """Wait until node ``name``'s ``FAMILY netagent`` table does (or does not) hold ``needle``.
+
+        A missing table counts as not containing it. Returns the last listing ("" if none).
+        """
+        end = time.monotonic() + timeout
+        while True:
+            text = self.nft_list(name, family) or ""
+            if (needle in text) == present:
+                return text
+            if time.monotonic() > end:
+                state = "appear" if present else "go away"
+                raise TimeoutError(
+                    f"{needle!r} did not {state} in {family} netagent on {name} in {timeout}s"
+                )
+            time.sleep(0.1)
 
     def many_requests(
         self, proto: str, from_: str, ip: str, port: int, count: int, **options: Any

@@ -15,8 +15,16 @@ flags each time:
   and pod traffic stay, and switching back brings the Service rules back;
 * the iptables mode's leftovers cleaner, which the agent runs at start for
   every mode other than the configured one, leaves no ``NETAGENT-`` chain or
-  jump on a programmed node: what a switch away from iptables relies on.
-  (When IPVS and nftables land, their switches join these.)
+  jump on a programmed node: what a switch away from iptables relies on;
+* proxy mode iptables -> nftables -> iptables: in nftables mode no
+  ``NETAGENT-`` chain or jump is left in any iptables backend (nft or legacy,
+  IPv4 or IPv6), ``ip netagent`` holds the Service and the overlay's rules,
+  and Service, pod-to-pod and pod-to-outside traffic still work; switching
+  back deletes the ``netagent`` tables and brings the iptables chains back;
+  then ``netagent cleanup`` removes both kinds (the nftables table restored
+  from the nftables phase's listing, as a crashed agent would leave it)
+  while a foreign nft table and a foreign iptables chain stay.
+  (When IPVS lands, its switches join these.)
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netnslab.cluster import ClusterLab
+from netnslab.agent_process import run_netagent
+from netnslab.cluster import OUTSIDE_IP, ClusterLab
 
 pytestmark = pytest.mark.lab
 
@@ -72,7 +81,9 @@ def restart(lab: ClusterLab, node: str, *flags: str) -> None:
 def test_overlay_switches_leave_nothing_of_the_previous_mode(lab: ClusterLab) -> None:
     peer = lab.node("node-2")
     assert has_link(lab, "node-1", "flannel.1")
-    assert any(r["dst"] == peer.pod_cidr and r["dev"] == "flannel.1" for r in owned_routes(lab, "node-1"))
+    assert any(
+        r["dst"] == peer.pod_cidr and r["dev"] == "flannel.1" for r in owned_routes(lab, "node-1")
+    )
     assert any("NETAGENT-OVERLAY-POSTRTG" in line for line in netagent_lines(lab, "node-1"))
 
     # vxlan -> host-gw: no VXLAN device; the peer's route goes via its underlay IP.
@@ -95,7 +106,9 @@ def test_overlay_switches_leave_nothing_of_the_previous_mode(lab: ClusterLab) ->
     # none -> vxlan: the whole overlay is back.
     restart(lab, "node-1")
     assert has_link(lab, "node-1", "flannel.1")
-    assert any(r["dst"] == peer.pod_cidr and r["dev"] == "flannel.1" for r in owned_routes(lab, "node-1"))
+    assert any(
+        r["dst"] == peer.pod_cidr and r["dev"] == "flannel.1" for r in owned_routes(lab, "node-1")
+    )
     assert any("NETAGENT-OVERLAY-POSTRTG" in line for line in netagent_lines(lab, "node-1"))
 
 
@@ -138,3 +151,110 @@ def test_proxy_mode_none_keeps_no_service_rule_and_the_overlay(lab: ClusterLab) 
 
     restart(lab, "node-1", "--proxy-mode", "iptables")
     assert any(line.startswith(":NETAGENT-SERVICES") for line in service_lines(lab, "node-1"))
+
+
+# ---- proxy mode iptables -> nftables -> iptables, then cleanup -------------------------------
+
+ECHO_TCP = 8080
+
+
+def reply(lab: ClusterLab, proto: str, from_: str, ip: str, port: int) -> tuple[str, str]:
+    """(who answered, which source address it saw)."""
+    name, peer = lab.request(proto, from_, ip, port).split()
+    return name, peer.rsplit(":", 1)[0]
+
+
+def iptables_netagent_lines(lab: ClusterLab, node: str) -> dict[str, list[str]]:
+    """netagent's chain declarations and rules in every iptables backend, by save tool."""
+    return {
+        tool: [line for line in text.splitlines() if "NETAGENT" in line]
+        for tool, text in lab.iptables_save_backends(node).items()
+    }
+
+
+def netagent_nft_tables(lab: ClusterLab, node: str) -> list[tuple[str, str]]:
+    return [t for t in lab.nft_tables(node) if t[1] == "netagent"]
+
+
+def assert_traffic(lab: ClusterLab, cluster_ip: str) -> None:
+    """Service (local and remote endpoint), pod-to-pod both ways and pod-to-outside from node-1."""
+    client = lab.pods["client-1"].ip
+    seen = set()
+    for _ in range(20):
+        name, source = reply(lab, "tcp", "client-1", cluster_ip, 80)
+        assert source == client  # pod to pod through a Service: no SNAT
+        seen.add(name)
+    assert seen == {"echo-1a", "echo-2a"}
+    assert reply(lab, "tcp", "client-1", lab.pods["echo-2a"].ip, ECHO_TCP) == ("echo-2a", client)
+    assert reply(lab, "udp", "echo-2a", lab.pods["echo-1a"].ip, 5353) == (
+        "echo-1a",
+        lab.pods["echo-2a"].ip,
+    )
+    assert reply(lab, "tcp", "client-1", OUTSIDE_IP, ECHO_TCP) == ("outside", lab.node("node-1").ip)
+
+
+def test_proxy_mode_iptables_nftables_iptables_then_cleanup(lab: ClusterLab) -> None:
+    lab.serve_outside()
+    svc = lab.create_service(
+        "switch", {"app": "echo"}, [{"name": "http", "port": 80, "targetPort": "http"}]
+    )
+    cluster_ip = svc["spec"]["clusterIP"]
+    lab.wait_for_rules("node-1", f"{cluster_ip}/32")
+    assert any(line.startswith(":NETAGENT-SERVICES") for line in service_lines(lab, "node-1"))
+    assert netagent_nft_tables(lab, "node-1") == []
+    assert_traffic(lab, cluster_ip)
+
+    # iptables -> nftables: not one iptables chain or jump of netagent's is left.
+    restart(lab, "node-1", "--proxy-mode", "nftables")
+    leftovers = iptables_netagent_lines(lab, "node-1")
+    assert leftovers == {tool: [] for tool in leftovers}, leftovers
+    assert ("ip", "netagent") in netagent_nft_tables(lab, "node-1")
+    listing = lab.wait_for_nft("node-1", f"{cluster_ip} . tcp . 80 : goto cluster-tcp-2")
+    assert "\tchain overlay-postrouting {" in listing and "\tchain overlay-forward {" in listing
+    log = lab.node("node-1").agent.log_text()  # type: ignore[union-attr]
+    assert "removed leftovers of proxy mode iptables (IPv4)" in log, log[-3000:]
+    assert_traffic(lab, cluster_ip)
+    nft_listing = lab.nft_list("node-1", "ip")
+    assert nft_listing is not None
+
+    # nftables -> iptables: the netagent tables go, the Service chains come back.
+    restart(lab, "node-1", "--proxy-mode", "iptables")
+    assert netagent_nft_tables(lab, "node-1") == []
+    lab.wait_for_rules("node-1", f"{cluster_ip}/32")
+    lines = service_lines(lab, "node-1")
+    assert any(line.startswith(":NETAGENT-SERVICES") for line in lines)
+    assert any(line.startswith(":NETAGENT-SVC-") for line in lines)
+    assert any("NETAGENT-OVERLAY-POSTRTG" in line for line in netagent_lines(lab, "node-1"))
+    log = lab.node("node-1").agent.log_text()  # type: ignore[union-attr]
+    assert "removed leftovers of proxy mode nftables (IPv4)" in log, log[-3000:]
+    assert_traffic(lab, cluster_ip)
+
+    # netagent cleanup removes both kinds: the iptables mode's chains and an nftables
+    # table as an agent killed in nftables mode leaves it (its own listing, reloaded).
+    node1 = lab.node("node-1")
+    assert lab.stop_agent("node-1") == 0
+    leftover = node1.workdir / "netagent-table.nft"
+    leftover.write_text(nft_listing)
+    lab.ns_exec("node-1", ["nft", "-f", str(leftover)])
+    lab.ns_exec("node-1", ["nft", "add table inet foreign; add chain inet foreign keep"])
+    lab.ns_exec("node-1", ["iptables", "-t", "nat", "-N", "KUBE-SERVICES"])
+    assert ("ip", "netagent") in netagent_nft_tables(lab, "node-1")
+    assert any(iptables_netagent_lines(lab, "node-1").values())
+    result = run_netagent(
+        node1.ns,
+        lab.python,
+        [
+            "cleanup",
+            "--subnet-file",
+            str(node1.subnet_file),
+            "--cni-conf-file",
+            str(node1.cni_file),
+        ],
+    )
+    assert result.returncode == 0, result
+    leftovers = iptables_netagent_lines(lab, "node-1")
+    assert leftovers == {tool: [] for tool in leftovers}, leftovers
+    assert netagent_nft_tables(lab, "node-1") == []
+    assert ("inet", "foreign") in lab.nft_tables("node-1")
+    assert "chain keep" in lab.ns_exec("node-1", ["nft", "list", "table", "inet", "foreign"]).stdout
+    assert ":KUBE-SERVICES" in lab.iptables_save("node-1", "nat")

@@ -12,6 +12,11 @@ the subnet and the VTEP MAC, node removal, concurrent subnet claims by six
 agents, a Service whose endpoints are on another node, and foreign routes
 and links that stay untouched through sync and ``netagent cleanup``.
 
+The cross-node Service and the masquerade tests run in both proxy modes: in
+``--proxy-mode nftables`` the overlay's masquerade and forward rules live in
+netagent's ``ip netagent`` table, and no node holds a single ``NETAGENT``
+line in any iptables backend (nft or legacy, IPv4 or IPv6).
+
 The VXLAN and host-gw clusters are built once per module (read-mostly tests
 share them; the drift tests restore what they break and wait for it).
 Destructive scenarios get their own cluster.
@@ -39,6 +44,7 @@ AGENT_ARGS = ["--min-sync-period", "0.2s", "--sync-period", f"{SYNC_PERIOD:g}s"]
 PREFIX = "flannel.alpha.coreos.com"
 ECHO_TCP = 8080
 ECHO_UDP = 5353
+PROXY_MODES = ("iptables", "nftables")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,44 @@ def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+def mode_cluster(
+    clusters: Callable[..., ClusterLab], overlay: str, proxy_mode: str, *extra: str
+) -> ClusterLab:
+    """The module's cluster of ``overlay`` whose agents run in ``proxy_mode``."""
+    if proxy_mode == "iptables":
+        return clusters(overlay, *extra)  # the default mode: the same cluster as other tests
+    return clusters(overlay, "--proxy-mode", proxy_mode, *extra)
+
+
+def wait_for_service_rules(
+    lab: ClusterLab, node: str, proxy_mode: str, ip: str, port: int, endpoints: int
+) -> None:
+    """Wait until ``node`` sends the cluster IP ``ip:port`` (TCP) to its ``endpoints``."""
+    if proxy_mode == "nftables":
+        # The verdict into the balancing chain of that many endpoints (a Service still
+        # without endpoints has only its ``no-endpoint-services`` element instead).
+        lab.wait_for_nft(node, f"{ip} . tcp . {port} : goto cluster-tcp-{endpoints}")
+    else:
+        lab.wait_for_rules(node, f"{ip}/32")
+
+
+def assert_nftables_only(lab: ClusterLab) -> None:
+    """On every node: no iptables rule of netagent's in any backend; the overlay in nft."""
+    for node in lab.nodes:
+        for tool, text in lab.iptables_save_backends(node).items():
+            lines = [line for line in text.splitlines() if "NETAGENT" in line]
+            assert not lines, f"{tool} on {node} in nftables mode: {lines}"
+        listing = lab.nft_list(node, "ip")
+        assert listing is not None, f"no table ip netagent on {node}"
+        assert "\tchain overlay-postrouting {" in listing, listing
+        assert "\tchain overlay-forward {" in listing, listing
+        assert "jump overlay-postrouting" in listing and "jump overlay-forward" in listing
+        assert f"ip saddr {CLUSTER_CIDR} ip daddr != 224.0.0.0/4 masquerade fully-random" in (
+            listing
+        )
+        assert f"ip saddr {CLUSTER_CIDR} accept" in listing
 
 
 def ip_json(lab: ClusterLab, where: str, *args: str) -> Any:
@@ -303,11 +347,12 @@ def test_host_gw_plumbing(clusters: Callable[..., ClusterLab]) -> None:
     assert read_subnet_env(lab.node("node-1").subnet_file)["FLANNEL_MTU"] == "1500"
 
 
+@pytest.mark.parametrize("proxy_mode", PROXY_MODES)
 @pytest.mark.parametrize("overlay", ["vxlan", "host-gw"])
 def test_outside_traffic_is_masqueraded_pod_traffic_is_not(
-    clusters: Callable[..., ClusterLab], overlay: str
+    clusters: Callable[..., ClusterLab], overlay: str, proxy_mode: str
 ) -> None:
-    lab = clusters(overlay)
+    lab = mode_cluster(clusters, overlay, proxy_mode)
     lab.serve_outside()
     node1 = lab.node("node-1").ip
     for proto, port in (("tcp", ECHO_TCP), ("udp", ECHO_UDP)):
@@ -317,7 +362,11 @@ def test_outside_traffic_is_masqueraded_pod_traffic_is_not(
             "echo-3a",
             lab.pods["client-1"].ip,
         )
-    # The rules that do it live in netagent's own chains, applied with the proxy's rules.
+    # The rules that do it live in netagent's own chains, applied with the proxy's rules:
+    # in nftables mode in netagent's table, and not a single iptables rule on any node.
+    if proxy_mode == "nftables":
+        assert_nftables_only(lab)
+        return
     nat = lab.iptables_save("node-1", "nat")
     assert "-A POSTROUTING" in nat and "NETAGENT-OVERLAY-POSTRTG" in nat
     assert "NETAGENT-OVERLAY-FWD" in lab.iptables_save("node-1", "filter")
@@ -393,22 +442,29 @@ def test_mtu_edge_crosses_and_one_byte_more_gets_frag_needed(
     assert out.stdout.split()[1:3] == ["0", "0"], out.stdout
 
 
-def test_service_with_endpoints_on_another_node(clusters: Callable[..., ClusterLab]) -> None:
-    lab = clusters("vxlan")
+@pytest.mark.parametrize("proxy_mode", PROXY_MODES)
+def test_service_with_endpoints_on_another_node(
+    clusters: Callable[..., ClusterLab], proxy_mode: str
+) -> None:
+    lab = mode_cluster(clusters, "vxlan", proxy_mode)
     svc = lab.create_service(
         "remote-only",
         {"app": "echo", "node": "node-3"},
         [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}],
     )
-    ip = svc["spec"]["clusterIP"]
-    lab.wait_for_rules("node-1", f"{ip}/32")
-    seen = set()
-    for _ in range(20):
-        name, source = reply(lab, "tcp", "client-1", ip, 80)
-        seen.add(name)
-        assert source == lab.pods["client-1"].ip  # pod to pod through a Service: no SNAT
-    assert seen == {"echo-3a", "echo-3b"}
-    lab.delete_service("remote-only")
+    try:
+        ip = svc["spec"]["clusterIP"]
+        wait_for_service_rules(lab, "node-1", proxy_mode, ip, 80, endpoints=2)
+        seen = set()
+        for _ in range(20):
+            name, source = reply(lab, "tcp", "client-1", ip, 80)
+            seen.add(name)
+            assert source == lab.pods["client-1"].ip  # pod to pod through a Service: no SNAT
+        assert seen == {"echo-3a", "echo-3b"}
+        if proxy_mode == "nftables":
+            assert_nftables_only(lab)
+    finally:
+        lab.delete_service("remote-only")
 
 
 def test_vxlan_tx_checksum_off_is_applied_kept_and_carries_service_traffic(
@@ -495,8 +551,10 @@ def test_foreign_route_to_a_peer_subnet_is_left_alone_until_removed(
     agent = lab.node("node-1").agent
     assert agent is not None
     wait_until(
-        lambda: f"a route to {peer.pod_cidr} (via {peer.ip} dev eth0, proto static) exists"
-        in agent.log_text(),
+        lambda: (
+            f"a route to {peer.pod_cidr} (via {peer.ip} dev eth0, proto static) exists"
+            in agent.log_text()
+        ),
         SYNC_PERIOD + 5,
         "the foreign route reported",
     )
@@ -698,8 +756,10 @@ def test_foreign_flannel_1_with_other_settings_is_left_alone_until_deleted(
         agent = n1.agent
         assert agent is not None
         wait_until(
-            lambda: "flannel.1 exists, was not created by netagent and differs (vni 7 != 1, "
-            "port 4789 != 8472" in agent.log_text(),
+            lambda: (
+                "flannel.1 exists, was not created by netagent and differs (vni 7 != 1, "
+                "port 4789 != 8472" in agent.log_text()
+            ),
             15,
             "the foreign flannel.1 reported",
         )
