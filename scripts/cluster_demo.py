@@ -64,10 +64,14 @@ def main() -> int:
         overlay = (factory.config.get("overlay") or {}).get("backend", "none")
         for note in factory.spec.lab_notes:
             say(f"  lab note: {note}")
-    lab = ClusterLab(overlay=overlay, detached=True, agent_factory=factory)
+    proxy_mode = os.environ.get("NETAGENT_LAB_PROXY_MODE", "iptables")
+    agent_args = ["--proxy-mode", proxy_mode] if factory is None else []
+    lab = ClusterLab(
+        overlay=overlay, detached=True, agent_factory=factory, agent_args=agent_args
+    )
     lab.up()
     CURRENT_CLUSTER.write_text(lab.suffix + "\n")
-    say(f"cluster lab {lab.suffix}: 3 nodes, overlay {overlay}")
+    say(f"cluster lab {lab.suffix}: 3 nodes, overlay {overlay}, proxy mode {proxy_mode}")
     say(
         f"  API server: {lab.api_url}  (kubectl --kubeconfig {lab.kubeconfig} get nodes -o json)"
     )
@@ -84,7 +88,10 @@ def main() -> int:
         cluster_ip="10.96.0.81",
     )
     for node in lab.nodes:
-        lab.wait_for_rules(node, "30505")
+        if proxy_mode == "nftables":
+            lab.wait_for_nft(node, "tcp . 30505 : goto nodeport-tcp-")
+        else:
+            lab.wait_for_rules(node, "30505")
     say()
     say(
         f"Services created through the API, on every node (web: {web['spec']['clusterIP']})"

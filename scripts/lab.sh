@@ -6,6 +6,7 @@
 # root network namespace (it only gets a loopback port forwarding to the lab API server).
 # NETAGENT_LAB_OVERLAY=host-gw|none picks another overlay (default vxlan).
 # NETAGENT_LAB_AGENTS=daemonset runs each node's agent from daemonset/ (its image, with podman).
+# NETAGENT_LAB_PROXY_MODE=nftables runs the agents in nftables mode (default iptables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd="${1:-up}"
