@@ -8,6 +8,9 @@ to a JSON-able dict (:mod:`.services`, :mod:`.service`, :mod:`.overlay`,
 formatted in one place (:mod:`.output`). Where the inputs come from is
 :mod:`.inputs` (the API or manifests) or :mod:`.endpoint` (the running
 agent); :mod:`.cli` is the command line and :mod:`.remote` its ``--agent``.
+What differs between proxy modes (iptables chains and the live ruleset's
+tracer, nftables elements and the render's tracer) is one view per mode in
+:mod:`.modes`.
 """
 
 from __future__ import annotations

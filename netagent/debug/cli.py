@@ -12,16 +12,30 @@ failure is one ``error:`` line on stderr, never a traceback (``-v`` logs it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from netagent.config import add_run_flags
+from netagent.config import AgentConfig, add_run_flags
 from netagent.debug.context import DebugError
 from netagent.debug.output import FORMATS, render
+from netagent.model import IPAddress
 
 log = logging.getLogger(__name__)
+
+TRACE_DESCRIPTION = (
+    "Follow the first packet of a new connection and show where it ends: which endpoints"
+    " (with the share of new clients each gets), masqueraded or not, dropped or rejected,"
+    " and the Service port each decision belongs to. In iptables mode (and none) it walks"
+    " the node's live iptables-save ruleset (or --rules). In nftables mode it walks"
+    " netagent's render of the desired state (same flags as `netagent run`), a model of"
+    " the ip/ip6 netagent table: it needs no root and explains each decision per Service,"
+    " where the kernel's own nftrace needs root, a live packet and a `meta nftrace set 1`"
+    " rule. --local-ip adds node addresses to the Node's own."
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -54,13 +68,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     d = dsub.add_parser("diff", help="desired against kernel; exit 1 when anything differs")
     _common(d)
 
-    t = dsub.add_parser("trace", help="follow a packet through the node's iptables rules")
+    t = dsub.add_parser(
+        "trace",
+        help="follow a packet through the node's rules (iptables) or netagent's table (nftables)",
+        description=TRACE_DESCRIPTION,
+    )
     t.add_argument("--src", required=True, help="source IP")
     t.add_argument("--dst", required=True, help="destination IP")
     t.add_argument("--proto", default="tcp", choices=("tcp", "udp", "sctp"))
     t.add_argument("--port", type=int, required=True, help="destination port")
     t.add_argument("--from", dest="origin", default="pod", choices=("pod", "host", "external"))
-    t.add_argument("--rules", type=Path, help="iptables-save text (default: read the kernel)")
+    t.add_argument(
+        "--rules",
+        type=Path,
+        help="iptables-save text (default: read the kernel); iptables and none modes only",
+    )
     t.add_argument(
         "--local-ip",
         action="append",
@@ -89,7 +111,7 @@ def _has_source(args: argparse.Namespace) -> bool:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    """Today's tracer, with chain owners from the desired state when a source is given."""
+    """The iptables tracer, with chain owners from the desired state when a source is given."""
     from netagent.debug.trace import build_trace, format_trace
 
     owners = None
@@ -134,9 +156,41 @@ def _local_report(args: argparse.Namespace) -> dict[str, Any]:
     from netagent.debug.inputs import config_from_args, load_inputs, local_context
     from netagent.debug.reports import build
 
+    if args.debug_command == "trace" and args.rules is not None:
+        raise DebugError(
+            "--rules is iptables-save text: in nftables mode the trace follows netagent's"
+            " render of the desired state",
+            status=400,
+        )
     config = config_from_args(args)
     inputs = load_inputs(config)  # invalid objects are logged (and skipped) as the agent does
-    return build(args.debug_command, local_context(config, inputs), _params(args))
+    ctx = local_context(config, inputs)
+    if args.debug_command == "trace" and args.local_ip:
+        given = _local_ips(args.local_ip)
+        ctx = dataclasses.replace(ctx, local_ips=lambda: given)
+    return build(args.debug_command, ctx, _params(args))
+
+
+def _local_ips(texts: list[str]) -> frozenset[IPAddress]:
+    try:
+        return frozenset(ipaddress.ip_address(t) for t in texts)
+    except ValueError as exc:
+        raise DebugError(f"--local-ip: {exc}", status=400) from None
+
+
+def _proxy_mode(args: argparse.Namespace) -> str:
+    """The configured proxy mode; the config file is read only when one is given."""
+    if getattr(args, "proxy_mode", None):
+        return str(args.proxy_mode)
+    if getattr(args, "config", None) is None:
+        return AgentConfig().proxy_mode
+    from netagent.config import build_config, flag_values
+    from netagent.config_values import ConfigError
+
+    try:
+        return build_config(flag_values(args), args.config).proxy_mode
+    except ConfigError as exc:
+        raise DebugError(str(exc), status=400) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             from netagent.debug.remote import fetch_report
 
             report = fetch_report(args.agent, args.debug_command, _params(args))
-        elif args.debug_command == "trace":
+        elif args.debug_command == "trace" and _proxy_mode(args) != "nftables":
             return _trace(args)
         else:
             report = _local_report(args)

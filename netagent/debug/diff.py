@@ -6,7 +6,10 @@ netagent wants, and if not, exactly which object differs. The proxy side
 is backend-neutral — the proxier's ``render_objects`` against its
 ``kernel_objects`` — and the overlay side reuses ``debug overlay``'s plan
 and kernel reading. Each difference is one line naming the object and its
-owner, e.g. ``missing chain nat NETAGENT-SVC-… (default/web:http)`` or
+owner, e.g. ``missing chain nat NETAGENT-SVC-… (default/web:http)``, in
+nftables mode ``missing element service-ips 10.96.0.10 . tcp . 80
+(default/web:http)`` (a frontend's endpoints are one ``endpoints`` object,
+compared as a sorted list, since their slot order depends on history), or
 ``missing route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink (peer node-2)``.
 """
 
@@ -14,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from netagent.debug.context import DebugContext, DebugError
+from netagent.debug.context import DebugContext
+from netagent.debug.modes import debug_view
 from netagent.debug.overlay import overlay_report
 from netagent.model import IPFamily
 from netagent.proxy.proxier import OwnedObject
@@ -46,14 +50,17 @@ def _proxy_row(
     state = "missing" if have is None else "unexpected" if want is None else "different"
     owner = want.owner if want is not None else some.owner
     detail = ""
-    if want is not None and have is not None:
+    if want is not None and have is not None and some.kind == "element":
+        detail = f"{' '.join(have.content)!r} in the kernel, {' '.join(want.content)!r} wanted"
+    elif want is not None and have is not None:
+        noun = "endpoints" if some.kind == "endpoints" else "rules"
         gone = [r for r in want.content if r not in set(have.content)]
         extra = [r for r in have.content if r not in set(want.content)]
-        detail = f"{len(gone)} rules missing, {len(extra)} unexpected"
+        detail = f"{len(gone)} {noun} missing, {len(extra)} unexpected"
         if not have.content:
-            detail = f"flushed, all {len(want.content)} rules missing"
+            detail = f"flushed, all {len(want.content)} {noun} missing"
         elif not gone and not extra:
-            detail = "rules in another order"
+            detail = f"{noun} in another order"
     return {
         "area": f"proxy {family.value}",
         "state": state,
@@ -108,11 +115,7 @@ def diff_report(ctx: DebugContext) -> dict[str, Any]:
     """Every difference; ``equal`` is True when there is none."""
     differences, kernel_count = _proxy_differences(ctx)
     if kernel_count == 0:
-        raise DebugError(
-            "this node holds no netagent rules (no NETAGENT- chains): "
-            "netagent has not programmed it",
-            status=503,
-        )
+        raise debug_view(ctx).not_programmed()
     overlay_checked = ctx.config.overlay_backend != "none"
     if overlay_checked:
         differences += _overlay_differences(ctx)

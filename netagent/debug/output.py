@@ -119,11 +119,18 @@ def port_lines(port: Mapping[str, Any]) -> list[str]:
         f"affinity={affinity}"
     )
     lines = _wrap(settings, "")
+    nft_port = port.get("nftables")
+    if nft_port is not None and nft_port["chains"]:
+        lines.append("  nftables chains of its own (ClientIP affinity):")
+        for chain in nft_port["chains"]:
+            lines += _wrap(f"{chain['chain']}: {'; '.join(chain['rules'])}", "    ")
     for fe in port["frontends"]:
         kind = fe["type"]
         if fe.get("sourceRanges"):
             kind += ", source ranges " + ",".join(fe["sourceRanges"])
         lines.append(f"  {fe['frontend']} ({kind})")
+        if fe.get("nftables") is not None:
+            lines += _nft_frontend_lines(fe["nftables"])
         if not fe["backends"]:
             lines.append("    no endpoints: traffic is rejected")
             continue
@@ -138,6 +145,25 @@ def port_lines(port: Mapping[str, Any]) -> list[str]:
             for i, be in enumerate(fe["backends"], 1)
         ]
         lines += columns(("BACKEND", "STATE", "NODE", "USED", "WHY"), rows, "    ")
+    return lines
+
+
+_DISPATCH_MAPS = ("service-ips ", "service-nodeports ")
+
+
+def _nft_frontend_lines(nft: Mapping[str, Any]) -> list[str]:
+    """A frontend in nftables terms: its dispatch verdict, slots, and its other elements."""
+    if nft["verdict"] is None:
+        return _wrap(f"nftables: {nft['claim']}: {nft['note']}", "    ")
+    lines = _wrap(f"nftables: {nft['claim']} -> {nft['verdict']}", "    ")
+    slots: dict[str, list[str]] = {}
+    for slot in nft["slots"]:
+        slots.setdefault(slot["map"], []).append(f"{slot['slot']} => {slot['endpoint']}")
+    for name, texts in slots.items():
+        lines += _wrap(f"slots of @{name}: {', '.join(texts)}", "      ")
+    for element in nft["elements"]:
+        if element.split(" ", 1)[0] not in slots and not element.startswith(_DISPATCH_MAPS):
+            lines += _wrap(f"element {element}", "      ")
     return lines
 
 
@@ -205,9 +231,14 @@ def _service_table(report: Mapping[str, Any]) -> str:
         if fam["sharedRules"]:
             lines += ["", "rules in shared chains:"]
             for rule in fam["sharedRules"]:
-                lines += _wrap(f"{rule['state']:<8} {rule['rule']}", "  ")
+                text = rule["rule"]
+                if not text.startswith("-A "):  # an nft rule does not name its chain
+                    text = f"{rule['chain']}: {text}"
+                lines += _wrap(f"{rule['state']:<8} {text}", "  ")
         if fam["traces"]:
             lines += ["", "one packet per frontend (new client, probability per path):"]
+            if any(t.get("tracer") == "nftables" for t in fam["traces"]):
+                lines += _wrap("(traced over netagent's render of the desired state)", "")
             for trace in fam["traces"]:
                 lines += _trace_lines(trace)
     return "\n".join(lines) + "\n"

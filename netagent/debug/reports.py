@@ -46,11 +46,9 @@ def _diff(ctx: DebugContext, params: Mapping[str, str]) -> dict[str, Any]:
 def _trace(ctx: DebugContext, params: Mapping[str, str]) -> dict[str, Any]:
     import ipaddress
 
-    from netagent.debug.trace import trace_report
+    from netagent.debug.modes import debug_view
     from netagent.model import IPFamily
-    from netagent.proxy.iptables.inspect import chain_owners
-    from netagent.proxy.iptables.parse import RuleParseError
-    from netagent.proxy.iptables.trace import Origin, Packet, TraceError
+    from netagent.proxy.iptables.trace import Origin, Packet
 
     try:
         src, dst = params["src"], params["dst"]
@@ -67,21 +65,8 @@ def _trace(ctx: DebugContext, params: Mapping[str, str]) -> dict[str, Any]:
         raise DebugError(
             f"bad trace parameters (src, dst, port, proto, from): {exc}", status=400
         ) from None
-    if ctx.ruleset is None:
-        raise DebugError("this proxy mode has no iptables ruleset to trace", status=400)
     family = IPFamily.IPV4 if dst_ip.version == 4 else IPFamily.IPV6
-    owners: dict[str, str] = {}
-    for state in ctx.states:
-        owners.update(chain_owners(state))
-    try:
-        return trace_report(
-            text=ctx.ruleset(family),
-            packet=packet,
-            local_ips=ctx.local_ips(),
-            owners=owners if ctx.states else None,
-        )
-    except (RuleParseError, TraceError) as exc:
-        raise DebugError(str(exc), status=422) from None
+    return debug_view(ctx).trace(packet, family)
 
 
 REPORTS: Mapping[str, Builder] = {

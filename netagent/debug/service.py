@@ -6,9 +6,12 @@ report takes the objects the proxier owns for the Service's ports, as the
 kernel holds them now (``Proxier.kernel_objects``) and as netagent would
 write them (``Proxier.render_objects``), marks each present, missing,
 different or unexpected, lists the Service's rules inside the shared chains
-(the dispatch rules in ``NETAGENT-SERVICES`` and friends), and traces one
-packet per frontend through the live ruleset: from a pod, and for NodePort,
-external and load-balancer addresses from outside the cluster too.
+(the dispatch rules in ``NETAGENT-SERVICES`` and friends; in nftables mode
+the shared balancing chains such as ``cluster-tcp-3``), and traces one
+packet per frontend: from a pod, and for NodePort, external and
+load-balancer addresses from outside the cluster too. What depends on the
+proxy mode (those shared rules, the tracer: the live ruleset in iptables
+mode, netagent's render in nftables mode) is in :mod:`netagent.debug.modes`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from netagent.debug.context import DebugContext, DebugError, service_key
+from netagent.debug.modes import debug_view
 from netagent.debug.services import frontends, host_port, port_entry
 from netagent.model import IPAddress, IPFamily, ProxyState
 from netagent.proxy.proxier import OwnedObject
@@ -63,12 +67,12 @@ def comment_of(rule: str) -> str:
     return found.group(1) if found.group(1) is not None else found.group(2)
 
 
-def _shared_rules(
+def iptables_shared_rules(
     desired: Sequence[OwnedObject],
     kernel: Mapping[tuple[str, str], OwnedObject],
     names: Collection[str],
 ) -> list[dict[str, Any]]:
-    """The service's rules in node-owned chains, each present in the kernel's chain or missing."""
+    """iptables mode: the service's rules (by comment) in node-owned chains, present or missing."""
     rows: list[dict[str, Any]] = []
     for obj in desired:
         if obj.kind != "chain" or obj.owner in names:
@@ -97,7 +101,7 @@ def pod_source(ctx: DebugContext, state: ProxyState) -> str:
     return "10.244.0.254" if version == 4 else "fd00:10:244::fe"
 
 
-def _packets(
+def trace_packets(
     ctx: DebugContext, state: ProxyState, spn_ports: Sequence[Any]
 ) -> list[tuple[str, str, str, str, int, str]]:
     """(port name, frontend, src, dst, port, origin) of each packet to trace."""
@@ -129,7 +133,7 @@ def _packets(
     return out
 
 
-def _traces(
+def iptables_traces(
     ctx: DebugContext, state: ProxyState, ports: Sequence[Any], owners: Mapping[str, str]
 ) -> list[dict[str, Any]]:
     from netagent.debug.trace import trace_one
@@ -145,7 +149,7 @@ def _traces(
     local: set[IPAddress] = set(ctx.local_ips())
     local.update(state.node.addresses)
     out: list[dict[str, Any]] = []
-    for name, label, src, dst, port, origin in _packets(ctx, state, ports):
+    for name, label, src, dst, port, origin in trace_packets(ctx, state, ports):
         svc = next(p for p in ports if str(p.name) == name)
         packet = Packet(
             src=src, dst=dst, protocol=svc.protocol.lowercase, dport=port, origin=Origin(origin)
@@ -165,9 +169,8 @@ def _traces(
 
 def service_report(ctx: DebugContext, name: str, *, traces: bool = True) -> dict[str, Any]:
     """The kernel's and netagent's objects of Service ``name`` per family, plus traces."""
-    from netagent.proxy.iptables.inspect import chain_owners
-
     key = service_key(name)
+    view = debug_view(ctx)
     families: list[dict[str, Any]] = []
     kernel_total = 0
     for state in ctx.states:
@@ -192,10 +195,10 @@ def service_report(ctx: DebugContext, name: str, *, traces: bool = True) -> dict
         families.append(
             {
                 "family": state.family.value,
-                "ports": [port_entry(state, p) for p in ports],
+                "ports": [view.describe_port(state, p, port_entry(state, p)) for p in ports],
                 "objects": rows,
-                "sharedRules": _shared_rules(desired, by_key, names),
-                "traces": _traces(ctx, state, ports, chain_owners(state)) if traces else [],
+                "sharedRules": view.shared_rules(state, desired, by_key, names),
+                "traces": view.traces(state, ports) if traces else [],
             }
         )
     if not families:
@@ -205,11 +208,7 @@ def service_report(ctx: DebugContext, name: str, *, traces: bool = True) -> dict
             status=404,
         )
     if kernel_total == 0:
-        raise DebugError(
-            "this node holds no netagent rules (no NETAGENT- chains): "
-            "netagent has not programmed it",
-            status=503,
-        )
+        raise view.not_programmed()
     return {
         "kind": "service",
         "node": ctx.node_name,

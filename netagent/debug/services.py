@@ -11,7 +11,11 @@ It is built from the desired state only (:func:`netagent.state.build_proxy_state
 per family, through the node sync's ``build_states``) and the same
 endpoint selection every renderer uses, explained by
 :mod:`netagent.proxy.endpoint_explain`; what the kernel holds is
-``netagent debug service`` and ``netagent debug diff``.
+``netagent debug service`` and ``netagent debug diff``. In nftables mode
+each frontend also says what netagent's table does with it, from a render
+of the same state: the dispatch verdict (``goto cluster-tcp-3``, reject,
+drop), the endpoints by slot, and the ClientIP-affinity chains
+(:meth:`netagent.debug.modes.NftablesView.describe_port`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from netagent.debug.context import DebugContext, DebugError, service_key
+from netagent.debug.modes import debug_view
 from netagent.model import IPAddress, IPFamily, ProxyState, ServicePort, SessionAffinity
 from netagent.proxy.endpoint_explain import Traffic, endpoint_state, explain_endpoints
 from netagent.proxy.endpoint_selection import EndpointSelection, select_endpoints
@@ -110,11 +115,12 @@ def port_entry(state: ProxyState, svc: ServicePort) -> dict[str, Any]:
 def services_report(ctx: DebugContext, name: str | None = None) -> dict[str, Any]:
     """Every service port of every family (or of Service ``name``, ``ns/name``)."""
     key = service_key(name) if name else None
+    view = debug_view(ctx)
     ports: list[dict[str, Any]] = []
     for state in ctx.states:
         for spn, svc in state.services.items():
             if key is None or spn.service == key:
-                ports.append(port_entry(state, svc))
+                ports.append(view.describe_port(state, svc, port_entry(state, svc)))
     if key is not None and not ports:
         raise DebugError(
             f"service {key} not found in {ctx.source or 'the desired state'}", status=404

@@ -8,6 +8,11 @@ ends up (which endpoints, masqueraded or not, dropped or rejected), with
 the share of new connections each path gets and, for each chain, the
 Service port it belongs to: from the chain names of the desired state when
 one is available, else from the rule comments netagent writes.
+
+In nftables mode the trace is :mod:`netagent.proxy.nftables.trace` over
+netagent's render of the desired state instead (see
+:class:`netagent.debug.modes.NftablesView`); :func:`format_nft_trace`
+prints it with the rule-by-rule steps that tracer records.
 """
 
 from __future__ import annotations
@@ -141,6 +146,8 @@ def trace_report(
 
 def format_trace(report: Mapping[str, Any]) -> str:
     """The trace as text: one block per path, each chain with its owner."""
+    if report.get("tracer") == "nftables":
+        return format_nft_trace(report)
     p = report["packet"]
     lines = [f"packet {p['protocol']} {p['src']} -> {p['dst']}:{p['port']} from {p['from']}"]
     for i, path in enumerate(report["paths"], 1):
@@ -154,6 +161,41 @@ def format_trace(report: Mapping[str, Any]) -> str:
             f"{c['chain']} [{c['owner']}]" if c["owner"] else c["chain"] for c in path["chains"]
         ]
         lines += _wrap_chain(chains, "    chains: ", " " * 12)
+    endpoints = ", ".join(report["endpoints"]) or "none"
+    lines += textwrap.wrap(f"possible endpoints: {endpoints}", 100, subsequent_indent="    ")
+    return "\n".join(lines) + "\n"
+
+
+def _step_line(step: Mapping[str, Any]) -> list[str]:
+    owner = f" [{step['owner']}]" if step["owner"] else ""
+    text = f"{step['chain']}: {step['detail']} -> {step['verdict']}{owner}"
+    return textwrap.wrap(text, 100, initial_indent="    ", subsequent_indent=" " * 8)
+
+
+def format_nft_trace(report: Mapping[str, Any]) -> str:
+    """An nftables trace as text: the steps all paths share once, then each path's own."""
+    p = report["packet"]
+    lines = [f"packet {p['protocol']} {p['src']} -> {p['dst']}:{p['port']} from {p['from']}"]
+    lines += textwrap.wrap(f"tracer: {report.get('note', 'nftables')}", 100, subsequent_indent="  ")
+    lines += textwrap.wrap(f"outcome: {report['summary']}", 100, subsequent_indent="  ")
+    paths = report["paths"]
+    steps = [path["steps"] for path in paths]
+    shared = 0
+    while steps and all(len(s) > shared and s[shared] == steps[0][shared] for s in steps):
+        shared += 1
+    if shared:
+        lines.append("  steps of every path:" if len(paths) > 1 else "  steps:")
+        for step in steps[0][:shared]:
+            lines += _step_line(step)
+    for i, path in enumerate(paths, 1):
+        target = path["endpoint"] or "(not DNATed)"
+        masq = "masqueraded" if path["masquerade"] else "source kept"
+        share = f"p={path['probability']:.4g}"
+        if path["affinity"]:
+            share += f", if the client has affinity ({', '.join(path['affinity'])})"
+        lines.append(f"  path {i}: {path['verdict']} -> {target}, {masq} ({share})")
+        for step in path["steps"][shared:]:
+            lines += _step_line(step)
     endpoints = ", ".join(report["endpoints"]) or "none"
     lines += textwrap.wrap(f"possible endpoints: {endpoints}", 100, subsequent_indent="    ")
     return "\n".join(lines) + "\n"

@@ -237,7 +237,7 @@ class NftablesProxier:
             self.last_full_reason = "the previous sync failed"
             raise
         t2 = time.perf_counter()
-        self._committed = Committed(rendered, txn.refs)
+        self._committed = Committed(rendered, txn.refs, txn.counts)
         self._force_full = False
         if txn.full and self._drift_period is not None:
             # A full sync has just written everything: the next check is a period away.
@@ -246,7 +246,7 @@ class NftablesProxier:
         self.last_payload = txn.payload
         deletes = self._cleanup_conntrack(state)
         self._previous = state
-        counts = rendered.counts()
+        counts = dict(txn.counts)
         return SyncResult(
             mode=MODE,
             family=self.family,

@@ -67,7 +67,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from netagent.model import (
     Endpoint,
@@ -674,7 +674,8 @@ def _without_conflicts(
     claimed: dict[str, ServicePortName] = {}
     conflicts: list[str] = []
     out: dict[ServicePortName, ServiceFragment] = {}
-    for name, fragment in fragments.items():
+    for name in sorted(fragments):
+        fragment = fragments[name]
         keep: list[Frontend] = []
         for frontend in fragment.frontends:
             owner = claimed.get(frontend.claim)
@@ -692,16 +693,43 @@ def _without_conflicts(
     return out, conflicts
 
 
+_Entry = tuple[ServicePort, tuple[Endpoint, ...], ServiceFragment]
+
+
 @dataclass(slots=True)
 class _Memo:
+    """The last render of one family: its context, each service port's fragment, and claims.
+
+    ``claims`` maps every frontend to the service port that claims it, kept
+    up to date by each render for the fragments that changed, so a render
+    finds a frontend claimed twice without visiting every frontend. While
+    any conflict exists, renders resolve them with a full pass in name order.
+    """
+
     key: tuple[IPFamily, ProxyConfig, NodeInfo, OverlayRules | None]
     ctx: _Context
     skeleton: Skeleton
-    entries: dict[ServicePortName, tuple[ServicePort, tuple[Endpoint, ...], ServiceFragment]]
+    entries: dict[ServicePortName, _Entry]
+    claims: dict[str, ServicePortName] = field(default_factory=dict)
+    conflicted: bool = False
 
 
-def _sort_key(name: ServicePortName) -> tuple[str, str, str]:
-    return (name.namespace, name.name, name.port)
+def _release(
+    claims: dict[str, ServicePortName], name: ServicePortName, old: ServiceFragment
+) -> None:
+    for frontend in old.frontends:
+        if claims.get(frontend.claim) == name:
+            del claims[frontend.claim]
+
+
+def _claim(claims: dict[str, ServicePortName], name: ServicePortName, new: ServiceFragment) -> bool:
+    """Record ``new``'s frontends as ``name``'s; False when another service port holds one."""
+    clean = True
+    for frontend in new.frontends:
+        owner = claims.setdefault(frontend.claim, name)
+        if owner != name:
+            clean = False
+    return clean
 
 
 class NftablesRenderer:
@@ -721,33 +749,49 @@ class NftablesRenderer:
         """The complete table for ``state``."""
         memo = self._memo_for(state, overlay)
         previous = memo.entries
-        current: dict[ServicePortName, tuple[ServicePort, tuple[Endpoint, ...], ServiceFragment]]
-        current = {}
+        claims = memo.claims
+        current: dict[ServicePortName, _Entry] = {}
         empty: tuple[Endpoint, ...] = ()
-        fragments: dict[ServicePortName, ServiceFragment] = {}
-        for name in sorted(state.services, key=_sort_key):
-            svc = state.services[name]
-            eps = state.endpoints.get(name, empty)
+        endpoints = state.endpoints
+        conflicted = memo.conflicted
+        found = 0
+        # Dict order, not name order: only conflicts depend on the order, and they
+        # are resolved by name below. Sorting 10,000 names would cost more than
+        # everything else an unchanged service port costs here.
+        for name, svc in state.services.items():
+            eps = endpoints.get(name, empty)
             hit = previous.get(name)
-            if (
-                hit is not None
-                and (hit[0] is svc or hit[0] == svc)
-                and (hit[1] is eps or hit[1] == eps)
-            ):
-                fragment = hit[2]
-            else:
-                fragment = render_fragment(svc, eps, memo.ctx, hit[2] if hit else None)
+            if hit is not None:
+                found += 1
+                if (hit[0] is svc or hit[0] == svc) and (hit[1] is eps or hit[1] == eps):
+                    current[name] = hit
+                    continue
+                _release(claims, name, hit[2])
+            fragment = render_fragment(svc, eps, memo.ctx, hit[2] if hit else None)
             current[name] = (svc, eps, fragment)
-            fragments[name] = fragment
+            if not _claim(claims, name, fragment):
+                conflicted = True
+        if found < len(previous):
+            for name in previous.keys() - current.keys():
+                _release(claims, name, previous[name][2])
         memo.entries = current
-        fragments, conflicts = _without_conflicts(fragments)
-        for conflict in conflicts:
-            log.warning("%s", conflict)
-        names = sorted({c for f in fragments.values() for c in f.shared_chains})
+        fragments = {name: entry[2] for name, entry in current.items()}
+        conflicts: list[str] = []
+        if conflicted:
+            fragments, conflicts = _without_conflicts(fragments)
+            for conflict in conflicts:
+                log.warning("%s", conflict)
+            memo.claims = claims = {}
+            for name, fragment in fragments.items():
+                _claim(claims, name, fragment)
+            memo.conflicted = bool(conflicts)
+        names: set[str] = set()
+        for fragment in fragments.values():
+            names.update(fragment.shared_chains)
         return RenderedNft(
             family=state.family,
             skeleton=memo.skeleton,
-            shared_chains={n: shared_chain(n, memo.ctx) for n in names},
+            shared_chains={n: shared_chain(n, memo.ctx) for n in sorted(names)},
             fragments=fragments,
             conflicts=tuple(conflicts),
         )

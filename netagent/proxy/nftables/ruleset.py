@@ -165,10 +165,14 @@ class RenderedNft:
         """``ip netagent`` or ``ip6 netagent``."""
         return table_spec(self.family)
 
+    def in_name_order(self) -> list[ServiceFragment]:
+        """The fragments sorted by service port name (renders keep the input's order)."""
+        return [self.fragments[name] for name in sorted(self.fragments)]
+
     def all_sets(self) -> dict[str, NftSet]:
         """Every set and map, skeleton first."""
         sets = {s.name: s for s in self.skeleton.sets}
-        for fragment in self.fragments.values():
+        for fragment in self.in_name_order():
             for s in fragment.sets:
                 sets[s.name] = s
         return sets
@@ -177,7 +181,7 @@ class RenderedNft:
         """Every chain: skeleton, shared, then the fragments' own."""
         chains = {c.name: c for c in self.skeleton.chains}
         chains.update(self.shared_chains)
-        for fragment in self.fragments.values():
+        for fragment in self.in_name_order():
             for c in fragment.chains:
                 chains[c.name] = c
         return chains
@@ -185,7 +189,7 @@ class RenderedNft:
     def iter_elements(self) -> Iterator[Element]:
         """Every element once (shared set elements deduplicated), in render order."""
         seen: set[tuple[str, str]] = set()
-        for fragment in self.fragments.values():
+        for fragment in self.in_name_order():
             for frontend in fragment.frontends:
                 yield from frontend.elements
             for set_name, key in fragment.shared_elements:

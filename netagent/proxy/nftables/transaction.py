@@ -55,6 +55,8 @@ class Transaction:
     objects_deleted: int
     #: Shared set elements' reference counts after this transaction (see :class:`Committed`).
     refs: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Chains, rules and elements in the table after this transaction.
+    counts: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -73,6 +75,7 @@ class Committed:
 
     rendered: RenderedNft
     refs: Mapping[tuple[str, str], int]
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 def _elements_text(table: str, command: str, set_name: str, items: list[str]) -> Iterator[str]:
@@ -168,6 +171,11 @@ def full_transaction(
         objects_written=len(sets) + len(chains) + count,
         objects_deleted=deleted,
         refs=shared_refs(rendered),
+        counts={
+            "chains": len(chains),
+            "rules": sum(len(c.rules) for c in chains.values()),
+            "elements": count,
+        },
     )
 
 
@@ -180,12 +188,18 @@ def _frontend_elements(fragment: ServiceFragment | None) -> dict[tuple[str, str]
 def _changed(
     old: Mapping[ServicePortName, ServiceFragment], new: Mapping[ServicePortName, ServiceFragment]
 ) -> Iterator[tuple[ServiceFragment | None, ServiceFragment | None]]:
+    found = 0
     for name, fragment in new.items():
         before = old.get(name)
         if before is not fragment:
+            if before is not None:
+                found += 1
             yield before, fragment
-    for name in old.keys() - new.keys():
-        yield old[name], None
+        else:
+            found += 1
+    if found < len(old):
+        for name in old.keys() - new.keys():
+            yield old[name], None
 
 
 def incremental_transaction(committed: Committed, new: RenderedNft) -> Transaction | None:
@@ -283,12 +297,26 @@ def incremental_transaction(committed: Committed, new: RenderedNft) -> Transacti
         + len(declared_sets)
     )
     deleted = sum(len(v) for v in delete_elements.values()) + len(gone_chains) + len(gone_sets)
+    previous_counts = committed.counts
+    rules = (
+        sum(len(c.rules) for c in added_chains)
+        + sum(len(c.rules) - len(old_chains[c.name].rules) for c in changed_chains)
+        - sum(len(old_chains[n].rules) for n in gone_chains)
+    )
+    counts = {
+        "chains": previous_counts.get("chains", 0) + len(added_chains) - len(gone_chains),
+        "rules": previous_counts.get("rules", 0) + rules,
+        "elements": previous_counts.get("elements", 0)
+        + sum(len(v) for v in add_elements.values())
+        - sum(len(v) for v in delete_elements.values()),
+    }
     return Transaction(
         payload="\n".join(lines) + "\n" if lines else "",
         full=False,
         objects_written=written,
         objects_deleted=deleted,
         refs=refs,
+        counts=counts,
     )
 
 
