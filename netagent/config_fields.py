@@ -121,7 +121,9 @@ FIELDS: tuple[FieldSpec, ...] = (
         "proxy_mode", "mode", ("--proxy-mode",), v.choice(PROXY_MODES), NODE,
         "the proxier",
         "How Services are programmed: `iptables` (a chain per service port, one "
-        "iptables-restore per sync), or `none` (no Service rules at all, for a node that keeps "
+        "iptables-restore per sync), `nftables` (netagent's own `ip`/`ip6 netagent` tables, "
+        "services as map elements, one `nft -f` transaction per sync, no iptables rule at all; "
+        "see docs/nftables.md), or `none` (no Service rules at all, for a node that keeps "
         "its kube-proxy and uses netagent only for the overlay; the overlay's masquerade and "
         "FORWARD chains are still written). Starting in one mode removes the other modes' rules.",
     ),
