@@ -109,6 +109,9 @@ class AgentConfig:
     node_name: str = ""
     cluster_cidrs: tuple[IPNetwork, ...] = ()
     proxy_mode: str = "iptables"
+    ipvs_scheduler: str = "rr"
+    ipvs_strict_arp: bool = False
+    ipvs_exclude_cidrs: tuple[IPNetwork, ...] = ()
     iptables_backend: str = "auto"
     manifests_dir: Path | None = None
     min_sync_period: float = 1.0

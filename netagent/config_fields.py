@@ -32,7 +32,7 @@ VXLAN_TX_CHECKSUM = ("auto", "on", "off")
 
 #: Groups that hold no setting yet; they are accepted (empty) so that files
 #: written for the backends to come are not refused for the group alone.
-RESERVED_GROUPS = ("ipvs", "nftables")
+RESERVED_GROUPS = ("nftables",)
 
 NODE = "Node and proxy"
 SOURCE = "Object source and API access"
@@ -126,6 +126,25 @@ FIELDS: tuple[FieldSpec, ...] = (
         "see docs/nftables.md), or `none` (no Service rules at all, for a node that keeps "
         "its kube-proxy and uses netagent only for the overlay; the overlay's masquerade and "
         "FORWARD chains are still written). Starting in one mode removes the other modes' rules.",
+    ),
+    FieldSpec(
+        "ipvs_scheduler", "ipvs.scheduler", ("--ipvs-scheduler",), v.TEXT, NODE,
+        "IPVS scheduler (rr, wrr, lc, wlc, sh, mh, ...)",
+        "The IPVS scheduler of every virtual server in `ipvs` mode. The agent refuses to start "
+        "when the kernel has no module for it. kube-proxy's empty value means `rr`.",
+    ),
+    FieldSpec(
+        "ipvs_strict_arp", "ipvs.strictARP", ("--ipvs-strict-arp",), v.BOOLEAN, NODE,
+        "arp_ignore=1 and arp_announce=2, so service addresses are never ARPed",
+        "In `ipvs` mode, set `arp_ignore=1` and `arp_announce=2` on all interfaces. The node "
+        "then never answers ARP for the service addresses on its dummy device, which "
+        "layer-2 load balancers such as MetalLB need.",
+    ),
+    FieldSpec(
+        "ipvs_exclude_cidrs", "ipvs.excludeCIDRs", ("--ipvs-exclude-cidrs",), v.CIDR_LIST, NODE,
+        "virtual servers in these CIDRs are never touched",
+        "In `ipvs` mode, virtual servers whose address is in one of these CIDRs are left "
+        "alone: never changed, never deleted by a sync or by cleanup.",
     ),
     FieldSpec(
         "iptables_backend", "iptables.backend", ("--iptables-backend",),

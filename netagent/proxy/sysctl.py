@@ -161,3 +161,53 @@ def ensure_proxy_sysctls(
                 continue
             raise
     return written
+
+
+#: IPVS mode's settings, each for a reason kube-proxy learned the hard way:
+#: ``vs/conntrack`` keeps conntrack entries for IPVS connections, so the
+#: iptables masquerade rules (which match conntrack state) apply to them;
+#: ``expire_nodest_conn`` drops connections whose real server was deleted
+#: instead of blackholing them; ``expire_quiescent_template`` expires
+#: persistence templates of weight-0 real servers, so affinity does not keep
+#: new connections on a draining endpoint.
+IPVS_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("net/ipv4/vs/conntrack", "1"),
+    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    ("net/ipv4/vs/expire_quiescent_template", "1"),
+)
+#: strictARP: answer ARP only for addresses of the receiving interface, and
+#: announce with the best local address, so the dummy device's service
+#: addresses are never advertised on the network (needed by MetalLB L2).
+STRICT_ARP_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("net/ipv4/conf/all/arp_ignore", "1"),
+    ("net/ipv4/conf/all/arp_announce", "2"),
+)
+
+
+def conn_reuse_mode(release: str) -> str | None:
+    """``vs/conn_reuse_mode`` for a kernel release: "0" on 4.1 to 5.8, else leave it.
+
+    On those kernels mode 1 stalls reused connections for a second
+    (kubernetes#70747); from 5.9 the kernel fixed it and mode 1 is right.
+    """
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return None
+    return "0" if (4, 1) <= (major, minor) < (5, 9) else None
+
+
+def ensure_ipvs_sysctls(
+    sysctl: Sysctl, *, strict_arp: bool, release: str | None = None
+) -> list[str]:
+    """Apply IPVS mode's settings (see :data:`IPVS_SYSCTLS`); the names written."""
+    import os
+
+    wanted = list(IPVS_SYSCTLS)
+    reuse = conn_reuse_mode(release if release is not None else os.uname().release)
+    if reuse is not None:
+        wanted.append(("net/ipv4/vs/conn_reuse_mode", reuse))
+    if strict_arp:
+        wanted += STRICT_ARP_SYSCTLS
+    return [name for name, value in wanted if ensure_sysctl(sysctl, name, value)]
+

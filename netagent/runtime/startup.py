@@ -43,11 +43,18 @@ def prepare_host(config: AgentConfig) -> None:
     # route_localnet: NodePorts on 127.0.0.1 are DNATed to pod IPs, which the
     # kernel otherwise refuses for loopback sources; bridge-nf-call-iptables:
     # pod -> service -> pod on the same bridge must pass through nat.
+    # Only the iptables mode serves NodePorts on localhost (with its martian-packet
+    # drop rule); route_localnet without that rule is CVE-2020-8558, so the other
+    # modes leave it alone.
     ensure_proxy_sysctls(
         ProcSysctl(),
-        localhost_nodeports=config.localhost_nodeports,
+        localhost_nodeports=config.localhost_nodeports and config.proxy_mode == "iptables",
         ipv6=any(c.version == 6 for c in config.cluster_cidrs),
     )
+    if config.proxy_mode == "ipvs":
+        from netagent.proxy.sysctl import ensure_ipvs_sysctls
+
+        ensure_ipvs_sysctls(ProcSysctl(), strict_arp=config.ipvs_strict_arp)
 
 
 def remove_overlay_leftovers() -> list[str]:

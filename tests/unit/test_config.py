@@ -205,7 +205,7 @@ def test_a_file_without_apiversion_is_read_as_netagents(tmp_path: Path) -> None:
             "iptables.sync",
             "known fields of iptables: backend, localhostNodePorts",
         ),
-        ("ipvs:\n  scheduler: rr\n", "ipvs.scheduler", "the ipvs group has no settings yet"),
+        ("ipvs:\n  tcpTimeout: 1s\n", "ipvs.tcpTimeout", "known fields of ipvs: excludeCIDRs, scheduler"),
         (
             "nftables:\n  masqueradeAll: true\n",
             "nftables.masqueradeAll",
@@ -352,7 +352,7 @@ def test_config_to_dict_of_the_defaults() -> None:
             "masqueradeBit": 14,
             "localhostNodePorts": True,
         },
-        "ipvs": {},
+        "ipvs": {"scheduler": "rr", "strictARP": False, "excludeCIDRs": ""},
         "nftables": {},
         "overlay": {
             "backend": "none",

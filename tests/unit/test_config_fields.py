@@ -58,8 +58,8 @@ def test_the_table_covers_every_agent_config_attribute_once() -> None:
 
 
 def test_groups_are_kube_proxys_plus_netagents_overlay() -> None:
-    assert set(GROUPS) == {"clientConnection", "iptables", "overlay", *RESERVED_GROUPS}
-    assert RESERVED_GROUPS == ("ipvs", "nftables")
+    assert set(GROUPS) == {"clientConnection", "iptables", "ipvs", "overlay", *RESERVED_GROUPS}
+    assert RESERVED_GROUPS == ("nftables",)
     assert all(s.path.count(".") <= 1 for s in FIELDS)
 
 
@@ -116,6 +116,9 @@ FLAG_EXAMPLES = {
     "cluster_cidrs": ("10.244.0.0/16", "10.244.0.0/16"),
     "proxy_mode": ("iptables", "iptables"),
     "iptables_backend": ("nft", "nft"),
+    "ipvs_scheduler": ("wrr", "wrr"),
+    "ipvs_strict_arp": (True, True),
+    "ipvs_exclude_cidrs": ("10.0.0.0/8", "10.0.0.0/8"),
     "nodeport_addresses": ("192.0.2.0/24", ["192.0.2.0/24"]),
     "masquerade_all": (True, True),
     "masquerade_bit": ("3", 3),

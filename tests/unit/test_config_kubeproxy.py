@@ -131,8 +131,7 @@ def test_top_level_sync_periods_are_read_and_must_agree_with_iptables(tmp_path: 
     ("path", "value"),
     [
         ("winkernel.networkName", "l2bridge"),
-        ("ipvs.scheduler", "rr"),
-        ("ipvs.strictARP", True),
+        ("ipvs.tcpTimeout", "900s"),
         ("nftables.masqueradeAll", True),
         ("conntrack.maxPerCore", 65536),
         ("clientConnection.qps", 50),

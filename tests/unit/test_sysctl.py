@@ -44,3 +44,36 @@ def test_localhost_nodeports_off_leaves_route_localnet() -> None:
     )
     assert ensure_proxy_sysctls(fake, localhost_nodeports=False) == []
     assert fake.values["net/ipv4/conf/all/route_localnet"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [("4.0.9", None), ("4.1.0", "0"), ("5.8.18-1", "0"), ("5.9.0", None), ("6.1.0-27-amd64", None)],
+)
+def test_conn_reuse_mode_is_zero_only_on_the_kernels_with_the_one_second_stall(
+    release: str, expected: str | None
+) -> None:
+    from netagent.proxy.sysctl import conn_reuse_mode
+
+    assert conn_reuse_mode(release) == expected
+
+
+def test_ipvs_sysctls_and_strict_arp() -> None:
+    from netagent.proxy.sysctl import ensure_ipvs_sysctls
+
+    names = [
+        "net/ipv4/vs/conntrack",
+        "net/ipv4/vs/expire_nodest_conn",
+        "net/ipv4/vs/expire_quiescent_template",
+        "net/ipv4/vs/conn_reuse_mode",
+        "net/ipv4/conf/all/arp_ignore",
+        "net/ipv4/conf/all/arp_announce",
+    ]
+    fake = FakeSysctl(values={n: "0" for n in names})
+    fake.values["net/ipv4/vs/conn_reuse_mode"] = "1"
+    written = ensure_ipvs_sysctls(fake, strict_arp=False, release="6.1.0")
+    assert written == names[:3]
+    assert fake.values["net/ipv4/vs/conn_reuse_mode"] == "1"  # untouched on 6.1
+    written = ensure_ipvs_sysctls(fake, strict_arp=True, release="5.4.0")
+    assert written == names[3:]
+    assert fake.values["net/ipv4/conf/all/arp_announce"] == "2"

@@ -1,0 +1,388 @@
+"""Render a ProxyState into what IPVS mode programs: virtual servers, ipsets, addresses, iptables.
+
+Why pure: the IPVS proxier reconciles four kernel interfaces (IPVS over
+netlink, ipsets, the dummy device's addresses, and a constant iptables
+ruleset). Computing all four from the state with no I/O keeps the
+semantics testable without an IPVS kernel, and lets the proxier diff each
+against a dump or against what it committed.
+
+Semantics, as kube-proxy's IPVS mode (differences noted):
+
+* **Virtual servers.** One per frontend: each cluster IP, external IP and
+  load-balancer IP of a service port, and its node port on every node
+  address (the node's own addresses, narrowed to ``nodePortAddresses``).
+  Real servers are masquerading destinations of weight 1, from the shared
+  endpoint selection: internal traffic reaches :attr:`cluster` endpoints,
+  external traffic its :attr:`external` ones; under
+  externalTrafficPolicy=Local with no local endpoint, external frontends
+  fall back to every endpoint (kube-proxy #97081), because IPVS cannot tell
+  a pod's connection from an outside one. ClientIP affinity is IPVS
+  persistence with the affinity timeout. A service port without endpoints
+  keeps its virtual servers with no real server: the kernel refuses new
+  connections at once.
+* **Addresses.** Every cluster, external and LB IP is bound to the dummy
+  device, except those already on another interface of the node.
+* **ipsets** hold the frontends for the constant iptables rules below.
+* **iptables** (nat): non-pod sources to a cluster IP are marked for
+  masquerade (all of them with masqueradeAll); external IPs and LB IPs are
+  masqueraded unless their policy is Local (then the host's own
+  connections still are); LB source ranges mark everything else for drop;
+  node ports are masqueraded unless Local; a local endpoint reaching itself
+  (``LOOP-BACK``) is masqueraded in POSTROUTING. filter: the drop mark is
+  dropped, new connections to a bound address on a port no Service has are
+  rejected (kubernetes#72236), FORWARD accepts marked and established
+  traffic. The rule count is constant: services only add set members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from netagent.model import (
+    Endpoint,
+    IPAddress,
+    IPFamily,
+    IPNetwork,
+    ProxyConfig,
+    ProxyState,
+    ServicePort,
+    ServicePortName,
+    SessionAffinity,
+)
+from netagent.proxy.endpoint_selection import select_endpoints
+from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
+from netagent.proxy.ipvs.model import (
+    BITMAP_PORT,
+    HASH_IP,
+    HASH_IP_PORT,
+    HASH_IP_PORT_IP,
+    HASH_IP_PORT_NET,
+    IpsetEntry,
+    IpsetSpec,
+    IpvsProtocol,
+    RealServer,
+    VirtualServer,
+    VirtualServerKey,
+)
+
+#: The dummy device that holds the service addresses (kube-proxy's kube-ipvs0).
+DUMMY_DEVICE = "netagent-ipvs0"
+PROTOCOLS: tuple[IpvsProtocol, ...] = ("TCP", "UDP", "SCTP")
+
+# Chain names (nat and filter).
+SERVICES = "NETAGENT-SERVICES"
+NODE_PORT = "NETAGENT-NODE-PORT"
+LOAD_BALANCER = "NETAGENT-LOAD-BALANCER"
+FIREWALL = "NETAGENT-FIREWALL"
+EXTERNAL_LOCAL = "NETAGENT-EXTERNAL-LOCAL"
+MARK_MASQ = "NETAGENT-MARK-MASQ"
+MARK_DROP = "NETAGENT-MARK-DROP"
+POSTROUTING = "NETAGENT-POSTROUTING"
+FORWARD = "NETAGENT-FORWARD"
+IPVS_FILTER = "NETAGENT-IPVS-FILTER"
+DROP_MARKED = "NETAGENT-DROP-MARKED"
+
+#: The drop mark kube-proxy uses (bit 15), for LB source ranges.
+DROP_MARK = "0x8000"
+
+
+#: (base name, ipset type, what it holds) of every set IPVS mode owns.
+SET_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("CLUSTER-IP", HASH_IP_PORT, "cluster IP,proto:port of every service port"),
+    ("LOOP-BACK", HASH_IP_PORT_IP, "local endpoint,proto:port,itself: hairpin masquerade"),
+    ("EXTERNAL-IP", HASH_IP_PORT, "external IPs of Cluster-policy service ports"),
+    ("EXTERNAL-IP-LOCAL", HASH_IP_PORT, "external IPs of Local-policy service ports"),
+    ("LB", HASH_IP_PORT, "load-balancer IPs"),
+    ("LB-LOCAL", HASH_IP_PORT, "load-balancer IPs of Local-policy service ports"),
+    ("LB-FW", HASH_IP_PORT, "load-balancer IPs with loadBalancerSourceRanges"),
+    ("LB-SRC-CIDR", HASH_IP_PORT_NET, "LB IP,proto:port,allowed source range"),
+    ("LB-SRC-IP", HASH_IP_PORT_IP, "LB IP,proto:port,the LB IP itself (the node's own calls)"),
+    ("NODE-PORT-TCP", BITMAP_PORT, "TCP node ports"),
+    ("NODE-PORT-UDP", BITMAP_PORT, "UDP node ports"),
+    ("NODE-PORT-SCTP", BITMAP_PORT, "SCTP node ports"),
+    ("NODE-PORT-LOCAL-TCP", BITMAP_PORT, "TCP node ports of Local-policy service ports"),
+    ("NODE-PORT-LOCAL-UDP", BITMAP_PORT, "UDP node ports of Local-policy service ports"),
+    ("NODE-PORT-LOCAL-SCTP", BITMAP_PORT, "SCTP node ports of Local-policy service ports"),
+    ("HC-NODE-PORT", BITMAP_PORT, "health-check node ports"),
+    ("IPVS-IPS", HASH_IP, "every address bound to the dummy device"),
+)
+
+
+def set_prefix(family: IPFamily) -> str:
+    """``NETAGENT-`` or ``NETAGENT-6-``."""
+    return "NETAGENT-" if family is IPFamily.IPV4 else "NETAGENT-6-"
+
+
+def set_specs(family: IPFamily) -> dict[str, IpsetSpec]:
+    """Every ipset of one family, by name."""
+    prefix = set_prefix(family)
+    inet: Literal["inet", "inet6"] = "inet" if family is IPFamily.IPV4 else "inet6"
+    return {
+        prefix + base: IpsetSpec(name=prefix + base, type=kind, family=inet, comment=about)
+        for base, kind, about in SET_KINDS
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsFrontend:
+    """One virtual server and what it belongs to."""
+
+    server: VirtualServer
+    real_servers: tuple[RealServer, ...]
+    owner: ServicePortName
+    kind: str  # "cluster IP", "external IP", "load balancer IP", "node port"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedIpvs:
+    """Everything IPVS mode programs for one family."""
+
+    family: IPFamily
+    virtual_servers: Mapping[VirtualServerKey, IpvsFrontend]
+    addresses: frozenset[IPAddress]
+    ipsets: Mapping[str, frozenset[str]]
+    iptables: RenderedIptables
+
+
+def _nets(nets: Iterable[IPNetwork], version: int) -> list[IPNetwork]:
+    return sorted({n for n in nets if n.version == version}, key=lambda n: (int(n[0]), n.prefixlen))
+
+
+def nodeport_addresses(
+    config: ProxyConfig, local: Iterable[IPAddress], family: IPFamily
+) -> list[IPAddress]:
+    """The node addresses that get node-port virtual servers (never loopback)."""
+    version = 4 if family is IPFamily.IPV4 else 6
+    cidrs = _nets(config.nodeport_addresses, version)
+    out = []
+    for addr in sorted({a for a in local if a.version == version}, key=int):
+        if addr.is_loopback or addr.is_link_local:
+            continue
+        if cidrs and not any(n.prefixlen == 0 for n in cidrs) and not any(addr in n for n in cidrs):
+            continue
+        out.append(addr)
+    return out
+
+
+def _is_local(ep: Endpoint, state: ProxyState) -> bool:
+    pods = (n for n in state.node.pod_cidrs if n.version == ep.ip.version)
+    return ep.is_local or any(ep.ip in n for n in pods)
+
+
+def render_ipvs(
+    state: ProxyState,
+    *,
+    node_addresses: Iterable[IPAddress],
+    other_interface_addresses: Iterable[IPAddress] = (),
+    scheduler: str = "rr",
+    overlay_rules: RenderedIptables | None = None,
+) -> RenderedIpvs:
+    """Virtual servers, addresses, ipsets and iptables rules for ``state``.
+
+    ``node_addresses`` are this node's own addresses (for node ports);
+    ``other_interface_addresses`` are addresses already on another interface,
+    which are not bound to the dummy device again. ``overlay_rules`` are the
+    overlay's chains, written in the same iptables-restore.
+    """
+    family = state.family
+    version = 4 if family is IPFamily.IPV4 else 6
+    prefix = set_prefix(family)
+    sets: dict[str, set[str]] = {prefix + base: set() for base, _, _ in SET_KINDS}
+
+    def add(base: str, entry: IpsetEntry) -> None:
+        sets[prefix + base].add(entry.text())
+
+    node_ips = nodeport_addresses(state.config, node_addresses, family)
+    other = {a for a in other_interface_addresses if a.version == version}
+    servers: dict[VirtualServerKey, IpvsFrontend] = {}
+    bound: set[IPAddress] = set()
+
+    for name in sorted(state.services):
+        svc = state.services[name]
+        _render_port(svc, state, scheduler, node_ips, version, servers, bound, add)
+
+    addresses = frozenset(a for a in bound if a not in other)
+    for addr in addresses:
+        add("IPVS-IPS", IpsetEntry.ip(addr))
+    rules = render_ipvs_iptables(state.config, family)
+    if overlay_rules is not None:
+        from netagent.proxy.iptables.proxier import merge_rendered
+
+        rules = merge_rendered(rules, overlay_rules)
+    return RenderedIpvs(
+        family=family,
+        virtual_servers=dict(sorted(servers.items(), key=lambda kv: kv[1].server.sort_key())),
+        addresses=addresses,
+        ipsets={k: frozenset(v) for k, v in sorted(sets.items())},
+        iptables=rules,
+    )
+
+
+def _render_port(
+    svc: ServicePort,
+    state: ProxyState,
+    scheduler: str,
+    node_ips: list[IPAddress],
+    version: int,
+    servers: dict[VirtualServerKey, IpvsFrontend],
+    bound: set[IPAddress],
+    add_entry: Callable[[str, IpsetEntry], None],
+) -> None:
+    cluster_ips = [ip for ip in svc.cluster_ips if ip.version == version]
+    if not cluster_ips:
+        return
+    eps = [ep for ep in state.endpoints.get(svc.name, ()) if ep.ip.version == version]
+    sel = select_endpoints(svc, eps, state.node)
+    proto: IpvsProtocol = svc.protocol.value
+    lproto = svc.protocol.lowercase
+    persistent = svc.sticky_seconds if svc.session_affinity is SessionAffinity.CLIENT_IP else 0
+    external_eps = sel.external or sel.cluster_policy  # kube-proxy #97081: Local falls back
+
+    def real(endpoints: Iterable[Endpoint]) -> tuple[RealServer, ...]:
+        return tuple(RealServer(ep.ip, ep.port) for ep in endpoints)
+
+    def server(addr: IPAddress, port: int, kind: str, endpoints: Iterable[Endpoint]) -> None:
+        vs = VirtualServer(proto, addr, port, scheduler=scheduler, persistent=persistent)
+        if vs.key not in servers:  # a frontend claimed twice: the first by name keeps it
+            servers[vs.key] = IpvsFrontend(vs, real(endpoints), svc.name, kind)
+
+    local = svc.external_policy_local
+    for ip in cluster_ips:
+        server(ip, svc.port, "cluster IP", sel.cluster)
+        bound.add(ip)
+        add_entry("CLUSTER-IP", IpsetEntry.ip_port(ip, lproto, svc.port))
+    for ip in (a for a in svc.external_ips if a.version == version):
+        server(ip, svc.port, "external IP", external_eps)
+        bound.add(ip)
+        base = "EXTERNAL-IP-LOCAL" if local else "EXTERNAL-IP"
+        add_entry(base, IpsetEntry.ip_port(ip, lproto, svc.port))
+    ranges = [n for n in svc.load_balancer_source_ranges if n.version == version]
+    for ip in (a for a in svc.load_balancer_ips if a.version == version):
+        server(ip, svc.port, "load balancer IP", external_eps)
+        bound.add(ip)
+        entry = IpsetEntry.ip_port(ip, lproto, svc.port)
+        add_entry("LB", entry)
+        if local:
+            add_entry("LB-LOCAL", entry)
+        if ranges:
+            add_entry("LB-FW", entry)
+            for net in ranges:
+                add_entry("LB-SRC-CIDR", IpsetEntry.ip_port_net(ip, lproto, svc.port, net))
+            if any(a in n for n in ranges for a in state.node.addresses):
+                add_entry("LB-SRC-IP", IpsetEntry.ip_port_ip(ip, lproto, svc.port, ip))
+    if svc.node_port:
+        for ip in node_ips:
+            server(ip, svc.node_port, "node port", external_eps)
+        add_entry(f"NODE-PORT-{proto}", IpsetEntry.bitmap_port(svc.node_port))
+        if local:
+            add_entry(f"NODE-PORT-LOCAL-{proto}", IpsetEntry.bitmap_port(svc.node_port))
+    if svc.health_check_node_port:
+        add_entry("HC-NODE-PORT", IpsetEntry.bitmap_port(svc.health_check_node_port))
+    for ep in sel.all_reachable:
+        if _is_local(ep, state):
+            add_entry("LOOP-BACK", IpsetEntry.ip_port_ip(ep.ip, lproto, ep.port, ep.ip))
+
+
+def _set(name: str, flags: str) -> str:
+    return f"-m set --match-set {name} {flags}"
+
+
+def render_ipvs_iptables(config: ProxyConfig, family: IPFamily) -> RenderedIptables:
+    """The constant iptables rules of IPVS mode (see the module docstring)."""
+    p = set_prefix(family)
+    version = 4 if family is IPFamily.IPV4 else 6
+    mark = config.masquerade_mark
+    pods = [str(n) for n in _nets(config.cluster_cidrs, version)]
+    cluster_ip = _set(p + "CLUSTER-IP", "dst,dst")
+    if config.masquerade_all:
+        masq_cluster = [f"-A {SERVICES} {cluster_ip} -j {MARK_MASQ}"]
+    elif len(pods) == 1:
+        masq_cluster = [f"-A {SERVICES} ! -s {pods[0]} {cluster_ip} -j {MARK_MASQ}"]
+    else:
+        # Several (or no) pod CIDRs: mark unless the source is in one of them.
+        masq_cluster = [
+            *(f"-A {SERVICES} -s {cidr} {cluster_ip} -j ACCEPT" for cidr in pods),
+            *([f"-A {SERVICES} {cluster_ip} -j {MARK_MASQ}"] if pods else []),
+        ]
+    services = [
+        *masq_cluster,
+        f"-A {SERVICES} {cluster_ip} -j ACCEPT",
+        f"-A {SERVICES} {_set(p + 'EXTERNAL-IP', 'dst,dst')} -j {MARK_MASQ}",
+        f"-A {SERVICES} {_set(p + 'EXTERNAL-IP', 'dst,dst')} -j ACCEPT",
+        f"-A {SERVICES} {_set(p + 'EXTERNAL-IP-LOCAL', 'dst,dst')} -j {EXTERNAL_LOCAL}",
+        f"-A {SERVICES} {_set(p + 'EXTERNAL-IP-LOCAL', 'dst,dst')} -j ACCEPT",
+        f"-A {SERVICES} {_set(p + 'LB', 'dst,dst')} -j {LOAD_BALANCER}",
+        f"-A {SERVICES} {_set(p + 'LB', 'dst,dst')} -j ACCEPT",
+        f"-A {SERVICES} -m addrtype --dst-type LOCAL -j {NODE_PORT}",
+    ]
+    node_port: list[str] = []
+    for proto in PROTOCOLS:
+        lower = proto.lower()
+        node_port += [
+            f"-A {NODE_PORT} -p {lower} {_set(p + f'NODE-PORT-LOCAL-{proto}', 'dst')} -j RETURN",
+            f"-A {NODE_PORT} -p {lower} {_set(p + f'NODE-PORT-{proto}', 'dst')} -j {MARK_MASQ}",
+        ]
+    nat: dict[str, tuple[str, ...]] = {
+        SERVICES: tuple(services),
+        NODE_PORT: tuple(node_port),
+        EXTERNAL_LOCAL: (
+            # Local policy keeps the client's source, but the host's own connections
+            # leave with a local address the endpoint may not route back.
+            f"-A {EXTERNAL_LOCAL} -m addrtype --src-type LOCAL -j {MARK_MASQ}",
+        ),
+        LOAD_BALANCER: (
+            f"-A {LOAD_BALANCER} {_set(p + 'LB-FW', 'dst,dst')} -j {FIREWALL}",
+            f"-A {LOAD_BALANCER} {_set(p + 'LB-LOCAL', 'dst,dst')} -j RETURN",
+            f"-A {LOAD_BALANCER} -j {MARK_MASQ}",
+        ),
+        FIREWALL: (
+            f"-A {FIREWALL} {_set(p + 'LB-SRC-CIDR', 'dst,dst,src')} -j RETURN",
+            f"-A {FIREWALL} {_set(p + 'LB-SRC-IP', 'dst,dst,src')} -j RETURN",
+            f"-A {FIREWALL} -j {MARK_DROP}",
+        ),
+        MARK_MASQ: (f"-A {MARK_MASQ} -j MARK --or-mark {mark}",),
+        MARK_DROP: (f"-A {MARK_DROP} -j MARK --or-mark {DROP_MARK}",),
+        POSTROUTING: (
+            f"-A {POSTROUTING} {_set(p + 'LOOP-BACK', 'dst,dst,src')} -j MASQUERADE --random-fully",
+            f"-A {POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+            f"-A {POSTROUTING} -j MARK --xor-mark {mark}",
+            f"-A {POSTROUTING} -j MASQUERADE --random-fully",
+        ),
+    }
+    filter_table: dict[str, tuple[str, ...]] = {
+        DROP_MARKED: (f"-A {DROP_MARKED} -m mark --mark {DROP_MARK}/{DROP_MARK} -j DROP",),
+        IPVS_FILTER: (
+            f"-A {IPVS_FILTER} {_set(p + 'LB', 'dst,dst')} -j RETURN",
+            f"-A {IPVS_FILTER} {cluster_ip} -j RETURN",
+            f"-A {IPVS_FILTER} {_set(p + 'EXTERNAL-IP', 'dst,dst')} -j RETURN",
+            f"-A {IPVS_FILTER} {_set(p + 'EXTERNAL-IP-LOCAL', 'dst,dst')} -j RETURN",
+            f"-A {IPVS_FILTER} -p tcp {_set(p + 'HC-NODE-PORT', 'dst')} -j RETURN",
+            f"-A {IPVS_FILTER} -m conntrack --ctstate NEW {_set(p + 'IPVS-IPS', 'dst')} -j REJECT",
+        ),
+        FORWARD: (
+            f"-A {FORWARD} -m conntrack --ctstate INVALID -j DROP",
+            f"-A {FORWARD} -m mark --mark {mark}/{mark} -j ACCEPT",
+            f"-A {FORWARD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        ),
+    }
+
+    def jump(table: str, chain: str, target: str) -> JumpRule:
+        return JumpRule(table, chain, f'-m comment --comment "netagent ipvs" -j {target}')
+
+    jumps = (
+        jump("filter", "INPUT", DROP_MARKED),
+        jump("filter", "INPUT", IPVS_FILTER),
+        jump("filter", "FORWARD", DROP_MARKED),
+        jump("filter", "FORWARD", FORWARD),
+        jump("nat", "PREROUTING", SERVICES),
+        jump("nat", "OUTPUT", SERVICES),
+        jump("nat", "POSTROUTING", POSTROUTING),
+    )
+    return RenderedIptables(family=family, tables={"nat": nat, "filter": filter_table}, jumps=jumps)
+
+
+def owned_address(addr: IPAddress, excluded: Iterable[IPNetwork]) -> bool:
+    """False for an address in ``ipvs.excludeCIDRs``: its virtual servers are never touched."""
+    return not any(addr in n for n in excluded if n.version == addr.version)
