@@ -4,8 +4,9 @@ A UDP "connection" is a conntrack entry keyed by the 5-tuple. A client that
 keeps its source port (as resolvers do) keeps hitting the entry's DNAT
 target even after the endpoint was removed from the rules, until the entry
 times out. kube-proxy deletes such entries after each sync; so must
-netagent. In the lab the removed pod keeps running and answering, so without
-the deletion the second query would still be answered by it.
+netagent, in every proxy mode. In the lab the removed pod keeps running and
+answering, so without the deletion the second query would still be answered
+by it.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def conntrack_dnat_targets(lab: SingleNodeLab) -> set[str]:
     }
 
 
-def test_removed_udp_endpoint_flows_are_deleted(single_node_lab: SingleNodeLab) -> None:
-    lab = single_node_lab
+def test_removed_udp_endpoint_flows_are_deleted(proxy_lab: SingleNodeLab) -> None:
+    lab = proxy_lab
     lab.write_manifests(services=[DNS], endpoints={"dns": ["pod-b"]})
     agent = lab.start_agent()
     agent.wait_for_log(r"synced IPv4 \(full\)")
