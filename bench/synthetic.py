@@ -72,3 +72,30 @@ def with_one_endpoint_changed(state: ProxyState, service_index: int) -> ProxySta
     endpoints = dict(state.endpoints)
     endpoints[name] = tuple(sorted((moved, *old[1:])))
     return replace(state, endpoints=endpoints)
+
+
+#: The name of the service ``with_target_service`` adds. Its namespace sorts
+#: after ``bench``, so renderers that order services by name put it last.
+TARGET = ServicePortName("zz-target", "first-packet", "http")
+
+
+def with_target_service(
+    state: ProxyState,
+    cluster_ip: ipaddress.IPv4Address,
+    backend_ip: ipaddress.IPv4Address,
+    backend_port: int,
+    *,
+    port: int = 80,
+) -> ProxyState:
+    """The same state plus one TCP ClusterIP service (:data:`TARGET`) with one real backend.
+
+    The first-packet benchmark connects to ``cluster_ip:port`` and expects the
+    connection to reach ``backend_ip:backend_port``.
+    """
+    services = dict(state.services)
+    services[TARGET] = ServicePort(
+        name=TARGET, protocol=Protocol.TCP, port=port, cluster_ips=(cluster_ip,)
+    )
+    endpoints = dict(state.endpoints)
+    endpoints[TARGET] = (Endpoint(ip=backend_ip, port=backend_port, node_name="other"),)
+    return replace(state, services=services, endpoints=endpoints)
