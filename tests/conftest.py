@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "netns-lab"))
+# The benchmarks' synthetic states (bench/synthetic.py) double as large test fixtures.
+sys.path.insert(0, str(REPO))
 
 LAB_TOOLS = ("ip", "iptables-restore", "iptables-save", "conntrack")
 
