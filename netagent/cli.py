@@ -153,6 +153,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     parts: tuple[tuple[str, Callable[[], bool]], ...] = (
         ("iptables rules", _cleanup_iptables),
         ("nftables tables", _cleanup_nftables),
+        ("IPVS virtual servers, ipsets and device", _cleanup_ipvs),
         ("overlay routes and devices", lambda: _cleanup_overlay(args)),
         ("files", lambda: _cleanup_files(args)),
     )
@@ -169,6 +170,21 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
         log.error("cleanup incomplete: %s not (fully) removed, see above", ", ".join(failed))
         return 1
     return 0
+
+
+def _cleanup_ipvs() -> bool:
+    """IPVS mode's objects in both families, where IPVS mode left any (see the registry)."""
+    from netagent.model import IPFamily
+    from netagent.proxy.registry import MODES
+
+    ok = True
+    for family in (IPFamily.IPV4, IPFamily.IPV6):
+        for result in MODES["ipvs"].cleanup(family, lambda chain: False):
+            log.info("cleanup IPVS %s: %s", family.value, result.summary)
+            for failure in result.failures:
+                log.error("cleanup IPVS %s: %s", family.value, failure)
+                ok = False
+    return ok
 
 
 def _cleanup_nftables() -> bool:

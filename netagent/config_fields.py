@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from netagent import config_values as v
 
 #: Must list netagent.proxy.registry.MODES (a unit test checks; the registry imports config).
-PROXY_MODES = ("iptables", "nftables", "none")
+PROXY_MODES = ("iptables", "ipvs", "nftables", "none")
 IPTABLES_BACKENDS = ("auto", "nft", "legacy")
 OVERLAY_BACKENDS = ("none", "vxlan", "host-gw")
 #: ``overlay.vxlanTxChecksum`` values (see netagent/overlay/checksum.py).
@@ -121,7 +121,9 @@ FIELDS: tuple[FieldSpec, ...] = (
         "proxy_mode", "mode", ("--proxy-mode",), v.choice(PROXY_MODES), NODE,
         "the proxier",
         "How Services are programmed: `iptables` (a chain per service port, one "
-        "iptables-restore per sync), `nftables` (netagent's own `ip`/`ip6 netagent` tables, "
+        "iptables-restore per sync), `ipvs` (IPVS virtual servers over netlink, ipsets and a "
+        "constant handful of iptables rules; the kernel needs the ip_vs modules), `nftables` "
+        "(netagent's own `ip`/`ip6 netagent` tables, "
         "services as map elements, one `nft -f` transaction per sync, no iptables rule at all; "
         "see docs/nftables.md), or `none` (no Service rules at all, for a node that keeps "
         "its kube-proxy and uses netagent only for the overlay; the overlay's masquerade and "

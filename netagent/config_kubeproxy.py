@@ -63,7 +63,7 @@ FIELDS: tuple[KubeProxyField, ...] = (
     _K(
         "mode",
         "proxy_mode",
-        note='`""` means the default; `iptables` and `nftables` are accepted, `ipvs` not yet',
+        note='`""` means the default; `iptables`, `ipvs` and `nftables` are accepted',
     ),
     _K("clusterCIDR", "cluster_cidrs"),
     _K("nodePortAddresses", "nodeport_addresses", note="`primary` is refused"),

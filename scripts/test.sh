@@ -38,3 +38,17 @@ if command -v podman >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# ---------------------------------------------------------------------------------------------
+# IPVS kernel tests in a qemu VM (scripts/ipvs-vm.sh; appended block, owned by the VM work).
+# This machine's kernel has no IPVS, so tests/vm (and later the IPVS lab tests) run inside
+# Debian 12's stock kernel under qemu. Any failure -- tests, boot, timeout -- fails test.sh.
+echo "== IPVS kernel tests in a VM (scripts/ipvs-vm.sh)"
+vm_started=$SECONDS
+# One boot: the VM's own tests, the IPVS cases of the semantic proxy suite, and the IPVS lab tests.
+# Affinity *expiry* is not an IPVS case: IPVS persistence lasts until the client's connections
+# have left IPVS's own table (TIME_WAIT: 2 min) plus the timeout (docs/ipvs.md).
+NETAGENT_LAB_PROXY_MODES=ipvs bash scripts/ipvs-vm.sh tests/vm tests/lab/test_proxy_lab.py \
+  tests/lab/test_udp_conntrack_lab.py -q \
+  -k "(ipvs and not affinity_expires) or vm_kernel"
+echo "test.sh: the VM part took $((SECONDS - vm_started))s"

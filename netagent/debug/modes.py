@@ -83,7 +83,81 @@ def debug_view(ctx: DebugContext) -> DebugView:
     """The view of ``ctx``'s proxy mode."""
     if ctx.config.proxy_mode == "nftables":
         return NftablesView(ctx)
+    if ctx.config.proxy_mode == "ipvs":
+        return IpvsView(ctx)
     return IptablesView(ctx)
+
+
+# ---- IPVS -----------------------------------------------------------------------------------
+
+
+class IpvsView:
+    """IPVS mode: each frontend's virtual server and real servers, from the desired state.
+
+    There is no packet trace in this mode: the choice of real server is the
+    kernel scheduler's (rr, wrr, sh, ...), not a rule a tracer could follow;
+    ``debug service`` and ``diff`` show the virtual servers instead.
+    """
+
+    def __init__(self, ctx: DebugContext) -> None:
+        self.ctx = ctx
+        self._rendered: dict[IPFamily, Any] = {}
+
+    def rendered(self, state: ProxyState) -> Any:
+        found = self._rendered.get(state.family)
+        if found is None:
+            from netagent.proxy.ipvs.local_addresses import read_local_addresses
+            from netagent.proxy.ipvs.render import render_ipvs
+
+            node, other = read_local_addresses()
+            found = render_ipvs(
+                state,
+                node_addresses=node,
+                other_interface_addresses=other,
+                scheduler=self.ctx.config.ipvs_scheduler,
+            )
+            self._rendered[state.family] = found
+        return found
+
+    def describe_port(
+        self, state: ProxyState, svc: ServicePort, entry: dict[str, Any]
+    ) -> dict[str, Any]:
+        rendered = self.rendered(state)
+        entry["ipvs"] = [
+            {
+                "virtualServer": str(f.server),
+                "kind": f.kind,
+                "realServers": [str(rs) for rs in f.real_servers],
+            }
+            for f in rendered.virtual_servers.values()
+            if f.owner == svc.name
+        ]
+        return entry
+
+    def shared_rules(
+        self,
+        state: ProxyState,
+        desired: Sequence[OwnedObject],
+        kernel: Mapping[tuple[str, str], OwnedObject],
+        names: set[str],
+    ) -> list[dict[str, Any]]:
+        return []  # the iptables rules of IPVS mode are the same for every Service
+
+    def traces(self, state: ProxyState, ports: Sequence[ServicePort]) -> list[dict[str, Any]]:
+        return []
+
+    def trace(self, packet: Packet, family: IPFamily) -> dict[str, Any]:
+        raise DebugError(
+            "debug trace is not available in ipvs mode: the kernel's IPVS scheduler picks the "
+            "real server; see `netagent debug service` for the virtual servers",
+            status=400,
+        )
+
+    def not_programmed(self) -> DebugError:
+        return DebugError(
+            "this node holds no virtual server of netagent's: netagent has not programmed it",
+            status=503,
+        )
 
 
 # ---- iptables (and none) -------------------------------------------------------------------

@@ -124,6 +124,10 @@ def port_lines(port: Mapping[str, Any]) -> list[str]:
         lines.append("  nftables chains of its own (ClientIP affinity):")
         for chain in nft_port["chains"]:
             lines += _wrap(f"{chain['chain']}: {'; '.join(chain['rules'])}", "    ")
+    for vs in port.get("ipvs") or ():
+        lines += _wrap(f"IPVS {vs['kind']}: {vs['virtualServer']}", "  ")
+        for rs in vs["realServers"] or ["(no real server: the kernel refuses new connections)"]:
+            lines.append(f"    -> {rs}")
     for fe in port["frontends"]:
         kind = fe["type"]
         if fe.get("sourceRanges"):

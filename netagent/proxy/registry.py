@@ -89,6 +89,70 @@ def _make_nftables(config: AgentConfig, family: IPFamily) -> Proxier:
     )
 
 
+def _make_ipvs(config: AgentConfig, family: IPFamily) -> Proxier:
+    """The IPVS proxier over the real kernel; refuses a scheduler the kernel lacks."""
+    from netagent.proxy.conntrack import ConntrackTool
+    from netagent.proxy.iptables.runner import SubprocessIptables, resolve_backend
+    from netagent.proxy.ipvs.dummy import PyrouteDummy
+    from netagent.proxy.ipvs.ipsets import PyrouteIpset
+    from netagent.proxy.ipvs.local_addresses import read_local_addresses
+    from netagent.proxy.ipvs.netlink import PyrouteIpvs, check_scheduler
+    from netagent.proxy.ipvs.proxier import IpvsProxier
+
+    ipvs = PyrouteIpvs()
+    check_scheduler(ipvs, config.ipvs_scheduler)
+    backend = resolve_backend(config.iptables_backend)
+    return IpvsProxier(
+        ipvs=ipvs,
+        ipsets=PyrouteIpset(),
+        dummy=PyrouteDummy(None),
+        iptables=SubprocessIptables(family=family, backend=backend),
+        local_addresses=read_local_addresses,
+        conntrack=ConntrackTool(family=family),
+        family=family,
+        scheduler=config.ipvs_scheduler,
+        exclude_cidrs=config.ipvs_exclude_cidrs,
+        drift_check_period=config.sync_period,
+    )
+
+
+def _cleanup_ipvs(family: IPFamily, keep: Callable[[str], bool]) -> list[CleanupResult]:
+    """IPVS mode's leftovers, only where there is a sign IPVS mode ran (its sets or device).
+
+    Without that gate, every start of another mode would rewrite the
+    iptables chains both modes name alike.
+    """
+    from netagent.proxy.iptables.runner import SubprocessIptables, resolve_backend
+    from netagent.proxy.ipvs.dummy import PyrouteDummy
+    from netagent.proxy.ipvs.ipsets import PyrouteIpset
+    from netagent.proxy.ipvs.local_addresses import read_local_addresses
+    from netagent.proxy.ipvs.proxier import cleanup_ipvs
+    from netagent.proxy.ipvs.render import set_specs
+
+    try:
+        sets = PyrouteIpset()
+        present = set(sets.list_sets())
+    except Exception:  # no ip_set in this kernel: IPVS mode never ran here
+        return []
+    dummy = PyrouteDummy(None)
+    if not (present & set(set_specs(family))) and not dummy.exists():
+        return []
+    try:
+        from netagent.proxy.ipvs.netlink import PyrouteIpvs
+
+        ipvs = PyrouteIpvs()
+    except Exception as exc:
+        return [CleanupResult(0, "IPVS not available", failures=(f"open IPVS: {exc}",))]
+    iptables = SubprocessIptables(family=family, backend=resolve_backend("auto"))
+    return [cleanup_ipvs(ipvs, sets, dummy, iptables, family, read_local_addresses, keep)]
+
+
+def _ipvs_chains(name: str) -> bool:
+    from netagent.proxy.ipvs.render import IPVS_CHAINS
+
+    return name in IPVS_CHAINS or _overlay_chains(name)
+
+
 def _cleanup_nftables(family: IPFamily, keep: Callable[[str], bool]) -> list[CleanupResult]:
     """Delete netagent's nftables table of ``family`` (no other table is ever touched)."""
     from netagent.proxy.nftables.proxier import cleanup_table
@@ -136,6 +200,13 @@ MODES: Mapping[str, ProxyMode] = {
         make=_make_nftables,
         cleanup=_cleanup_nftables,
         summary="netagent's own nftables table per family; services as map elements",
+    ),
+    "ipvs": ProxyMode(
+        name="ipvs",
+        make=_make_ipvs,
+        cleanup=_cleanup_ipvs,
+        summary="IPVS virtual servers over netlink, ipsets, a constant handful of iptables rules",
+        shares=_ipvs_chains,
     ),
     "none": ProxyMode(
         name="none",

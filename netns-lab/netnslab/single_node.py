@@ -61,7 +61,8 @@ EXTERNAL_IP_RANGE = "198.51.100.0/24"
 #: Ports every echo server listens on, TCP and UDP.
 ECHO_PORTS = (8080, 5353)
 #: Proxy modes whose programmed state the lab can read back (:meth:`SingleNodeLab.programmed_text`).
-PROXY_MODES = ("iptables", "nftables")
+#: The modes the lab can run; ``proxy_lab`` runs those in ``$NETAGENT_LAB_PROXY_MODES``.
+PROXY_MODES = ("iptables", "nftables", "ipvs")
 
 ECHO_SCRIPT = Path(__file__).with_name("echo_server.py")
 SERVER_READY_TIMEOUT = 10.0
@@ -408,6 +409,9 @@ class SingleNodeLab:
         """
         if self.proxy_mode == "nftables":
             return self.nft_ruleset()
+        if self.proxy_mode == "ipvs":
+            ipvs = self.ns_exec("node", ["ipvsadm", "-Ln"], check=False).stdout
+            return ipvs + self.iptables_save_all_backends()
         return self.iptables_save_all_backends()
 
     def rules_mention_endpoint(self, ip: str, port: int, text: str | None = None) -> bool:
@@ -422,6 +426,9 @@ class SingleNodeLab:
         addr = re.escape(ip)
         if self.proxy_mode == "nftables":
             return re.search(rf"(?<![\d.]){addr} \. {port}(?!\d)", text) is not None
+        if self.proxy_mode == "ipvs":  # ipvsadm -Ln: "  -> 10.244.0.3:8080  Masq  1  0  0"
+            real = re.compile(rf"->\s+{addr}:{port}\s+Masq\s+[1-9]")
+            return real.search(text) is not None
         spelled = re.compile(rf"(?<![\d.]){addr}:{port}(?!\d)")
         return any("DNAT" in line and spelled.search(line) for line in text.splitlines())
 

@@ -171,8 +171,8 @@ def test_the_brief_example_message(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [
-        ("mode: ipvs\n", "mode", "must be one of iptables, nftables, none, got 'ipvs'"),
-        ("mode: kernelspace\n", "mode", "must be one of iptables, nftables, none"),
+        ("mode: userspace\n", "mode", "must be one of iptables, ipvs, nftables, none, got"),
+        ("mode: kernelspace\n", "mode", "must be one of iptables, ipvs, nftables, none"),
         ("nodePortAddresses: [primary]\n", "nodePortAddresses", "the keyword 'primary'"),
         (
             "iptables: {minSyncPeriod: fast}\n",

@@ -86,9 +86,9 @@ def test_make_proxier_builds_the_configured_mode_and_refuses_unknown_ones() -> N
     assert registry.make_proxier(config, IPFamily.IPV4).mode == "iptables"
     nft_config = build_config({"node_name": "n1", "proxy_mode": "nftables"}, env={})
     assert registry.make_proxier(nft_config, IPFamily.IPV6).mode == "nftables"
-    known = "known: iptables, nftables, none"
-    with pytest.raises(ValueError, match=f"unknown proxy mode 'ipvs' \\({known}\\)"):
-        registry.mode_named("ipvs")
+    known = "known: iptables, ipvs, nftables, none"
+    with pytest.raises(ValueError, match=f"unknown proxy mode 'userspace' \\({known}\\)"):
+        registry.mode_named("userspace")
 
 
 def test_cleanup_other_modes_skips_the_current_one_and_reports_failures(

@@ -84,6 +84,23 @@ FORWARD = "NETAGENT-FORWARD"
 IPVS_FILTER = "NETAGENT-IPVS-FILTER"
 DROP_MARKED = "NETAGENT-DROP-MARKED"
 
+#: Every chain IPVS mode writes (the iptables mode's cleaner keeps them when IPVS starts).
+IPVS_CHAINS = frozenset(
+    {
+        SERVICES,
+        NODE_PORT,
+        LOAD_BALANCER,
+        FIREWALL,
+        EXTERNAL_LOCAL,
+        MARK_MASQ,
+        MARK_DROP,
+        POSTROUTING,
+        FORWARD,
+        IPVS_FILTER,
+        DROP_MARKED,
+    }
+)
+
 #: The drop mark kube-proxy uses (bit 15), for LB source ranges.
 DROP_MARK = "0x8000"
 
