@@ -187,8 +187,18 @@ mount -t devtmpfs devtmpfs "$R/dev"
 mkdir -p "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"
 mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
+# The working directory (a clean clone in /tmp, say) would vanish under the fresh tmpfs
+# mounts below: hold it aside and put it back on top of them.
+HOLD=
+case "$VM_KEEP_DIR" in
+  /tmp/*|/run/*) mkdir -p /hold && mount --bind "$R$VM_KEEP_DIR" /hold && HOLD=1 ;;
+esac
 mount -t tmpfs -o mode=0755 tmpfs "$R/run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+if [ -n "$HOLD" ]; then
+  mkdir -p "$R$VM_KEEP_DIR" && mount --move /hold "$R$VM_KEEP_DIR" \
+    || die "cannot keep the working directory $VM_KEEP_DIR"
+fi
 mkdir -p "$R/run/netagent-vm" "$R/run/netns"
 mount --move /ctl "$R/run/netagent-vm" || die "cannot move the control share"
 mkdir -p "$R$VM_OUT_DIR" && mount -t 9p -o "$P9" out "$R$VM_OUT_DIR" \
@@ -607,8 +617,9 @@ def _job_script(command: Sequence[str], cwd: Path, env: Mapping[str, str]) -> st
     )
 
 
-def _config(image: VmImage, out_dir: Path) -> str:
+def _config(image: VmImage, out_dir: Path, cwd: Path | None = None) -> str:
     values = {
+        "VM_KEEP_DIR": str(cwd) if cwd is not None else "",
         "VM_KVER": image.kver,
         "VM_MODULES_DIR": str(image.modules_dir),
         "VM_OUT_DIR": str(out_dir),
@@ -774,7 +785,7 @@ def _run_in_vm(
         out = out_dir if out_dir is not None else run_dir / "out"
         out.mkdir(parents=True, exist_ok=True)
         out = out.resolve()
-        (ctl / "config").write_text(_config(image, out))
+        (ctl / "config").write_text(_config(image, out, Path(cwd).resolve()))
         (ctl / "stage2.sh").write_text(STAGE2_SCRIPT)
         job_env = {**env, "NETAGENT_VM_OUT": str(out)}
         (ctl / "job.sh").write_text(_job_script(command, cwd, job_env))

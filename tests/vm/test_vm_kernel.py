@@ -306,3 +306,34 @@ def test_iptables_in_a_namespace(variant: str) -> None:
         for line in IPTABLES_RULES.splitlines():
             if line.startswith("-A "):
                 assert line in saved, f"{line!r} missing from\n{saved}"
+
+
+def test_pyroute_ipvs_works_from_every_thread() -> None:
+    """The daemon syncs in a thread pool; pyroute2's IPVS socket must not be shared across it.
+
+    With one socket for all threads, every call from a thread other than the
+    creator's read back a queued ECONNRESET (pyroute2 0.9.7); PyrouteIpvs now
+    opens one socket per thread.
+    """
+    import ipaddress
+    from concurrent.futures import ThreadPoolExecutor
+
+    from netagent.proxy.ipvs.model import RealServer, VirtualServer
+    from netagent.proxy.ipvs.netlink import PyrouteIpvs
+
+    run(["modprobe", "ip_vs"])
+    with namespaces("vmth") as (_, (ns,)):
+        kernel = PyrouteIpvs(ns)
+        vs = VirtualServer("TCP", ipaddress.ip_address("10.96.9.9"), 80)
+        kernel.add_service(vs)
+        kernel.add_dest(vs, RealServer(ipaddress.ip_address("10.244.9.9"), 8080))
+
+        def round_trip(_: int) -> int:
+            assert [s.key for s in kernel.services()] == [vs.key]
+            return len(kernel.dests(vs))
+
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                assert list(pool.map(round_trip, range(20))) == [1] * 20
+        finally:
+            kernel.close()
