@@ -111,6 +111,7 @@ class IpvsProxier:
         self._clock = clock
         self._next_full = 0.0
         self._committed: RenderedIpvs | None = None
+        self._node_addresses: frozenset[IPAddress] = frozenset()
         self._previous: ProxyState | None = None
         self._force_full = True
         #: (virtual server, real server) -> deadline, for TCP real servers at weight 0.
@@ -125,6 +126,7 @@ class IpvsProxier:
 
     def _render(self, state: ProxyState, overlay: OverlayRules | None) -> RenderedIpvs:
         node, other = self._local()
+        self._node_addresses = node  # the same reading serves this sync's ownership checks
         extra = None
         if overlay is not None and self.family is IPFamily.IPV4:
             extra = render_overlay_rules(overlay, masquerade_mark=1 << state.config.masquerade_bit)
@@ -256,7 +258,7 @@ class IpvsProxier:
     def _sync_servers(self, desired: RenderedIpvs, full: bool, counters: _Counters) -> None:
         wanted = desired.virtual_servers
         if full:
-            node, _ = self._local()
+            node = self._node_addresses
             bound = set(desired.addresses)
             with contextlib.suppress(Exception):  # the device was just ensured; a race is fine
                 bound |= self._dummy.addresses()

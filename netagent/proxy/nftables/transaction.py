@@ -28,12 +28,11 @@ elements; add rules; add elements; delete chains and sets that go.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from netagent.model import ServicePortName
 from netagent.proxy.nftables.ruleset import (
-    Element,
     NftChain,
     NftSet,
     RenderedNft,
@@ -318,14 +317,3 @@ def incremental_transaction(committed: Committed, new: RenderedNft) -> Transacti
         refs=refs,
         counts=counts,
     )
-
-
-def element_lines(table: str, elements: Iterable[Element]) -> list[str]:
-    """``add element`` commands for ``elements`` (grouped by set, in chunks)."""
-    grouped: dict[str, list[str]] = {}
-    for set_name, key, value in elements:
-        grouped.setdefault(set_name, []).append(_element_item(key, value))
-    out: list[str] = []
-    for set_name in sorted(grouped):
-        out.extend(_elements_text(table, "add", set_name, grouped[set_name]))
-    return out
