@@ -98,6 +98,10 @@ class BreakingRunner:
     def family(self) -> IPFamily:
         return self.inner.family
 
+    @property
+    def lists_tables_first(self) -> bool:
+        return self.inner.lists_tables_first
+
     def restore(self, payload: str) -> None:
         if self.armed:
             first_commit = payload.index("COMMIT\n")
@@ -290,10 +294,15 @@ def test_payloads_are_deterministic() -> None:
     assert payloads[0] == payloads[1]
     lines = payloads[0].splitlines()
     tables = [line for line in lines if line.startswith("*")]
-    assert tables == ["*mangle", "*filter", "*nat"]
-    # Each table section starts by declaring the canary, then the rendered chains in order.
-    for table in tables:
-        assert lines[lines.index(table) + 1] == f":{CANARY_CHAIN} - [0:0]"
+    # FOREIGN has a rule in nat PREROUTING but none in nat OUTPUT: the OUTPUT jump
+    # goes in a second nat transaction after every table's first one.
+    assert tables == ["*mangle", "*filter", "*nat", "*nat"]
+    # Each first section lists the table, then declares the canary, then the chains in order.
+    for table in tables[:3]:
+        start = lines.index(table)
+        assert lines[start + 1 : start + 3] == ["-S", f":{CANARY_CHAIN} - [0:0]"]
+    last = len(lines) - 1 - lines[::-1].index("*nat")
+    assert lines[last:] == ["*nat", f"-I OUTPUT 1 {SERVICES_JUMP}", "COMMIT"]
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,21 @@ point to. Only chains whose names start with
 chains that jump to such chains, are ever written or deleted; foreign chains
 and rules are never declared, flushed or deleted, so they keep their exact
 text and counters.
+
+Large payloads on the nft backend (iptables 1.8.9): a ``--noflush``
+transaction costs the square of the number of chains it names unless the
+table is listed first, so a full sync (and a partial one that touches at
+least :data:`LIST_FIRST_MIN_CHAINS` chains) starts each table with a
+chainless ``-S`` (see ``SubprocessIptables.lists_tables_first``).
+It stays **one transaction per table**, with one exception the tool forces:
+after ``-S``, a rule cannot go into a built-in chain that does not exist in
+the kernel yet (nft creates a base chain lazily, with its first rule, and
+the listed cache has no entry to create it from: "RULE_INSERT failed (No
+such file or directory)"). ``iptables-save`` cannot tell an absent base
+chain from an empty one, so jumps into a built-in chain that holds *no rule
+at all* go into a second, small transaction after every table's first one
+(see :func:`_payload` for why that is still consistent); jumps into a
+built-in chain that holds any rule, ours or foreign, stay in the first.
 """
 
 from __future__ import annotations
@@ -59,6 +74,11 @@ CANARY_CHAIN = "NETAGENT-PROXY-CANARY"
 CANARY_TABLES = ("mangle", "nat", "filter")
 #: The table checked before a partial sync (one process, a tiny table).
 CANARY_CHECK_TABLE = "mangle"
+#: A partial sync that writes or deletes at least this many chains lists the
+#: tables first, as a full sync always does (on a backend that gains from it).
+#: Below it, listing a large table costs more than the chain list it avoids;
+#: chosen by measurement (docs/performance.md, bench/iptables_full_sync.py).
+LIST_FIRST_MIN_CHAINS = 1000
 
 Tables = dict[str, dict[str, tuple[str, ...]]]
 
@@ -75,6 +95,9 @@ class ApplyResult:
         jumps_inserted: Jump rules inserted into built-in chains.
         jumps_deleted: Stale or duplicate jump rules removed from built-in chains.
         reason: Why the sync was full or partial (for logs).
+        listed_first: The payload listed each table first (``-S``).
+        transactions: ``COMMIT``s in the payload (one per table touched,
+            plus one per table whose empty built-in chains got jumps).
         payload: The restore payload, for debugging.
     """
 
@@ -85,6 +108,8 @@ class ApplyResult:
     jumps_inserted: int = 0
     jumps_deleted: int = 0
     reason: str = ""
+    listed_first: bool = False
+    transactions: int = 0
     payload: str = field(default="", repr=False)
 
 
@@ -108,42 +133,84 @@ class CleanupReport:
 
 @dataclass
 class _TablePlan:
-    """The changes to one table, in the order the payload must make them."""
+    """The changes to one table, in the order the payload must make them.
+
+    ``late_jump_inserts`` go into built-in chains that hold no rule in the
+    kernel (perhaps not even existing yet); ``jump_inserts`` into the others.
+    """
 
     write: dict[str, tuple[str, ...]] = field(default_factory=dict)
     delete: list[str] = field(default_factory=list)
     jump_deletes: list[str] = field(default_factory=list)
     jump_inserts: list[str] = field(default_factory=list)
+    late_jump_inserts: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return not (self.write or self.delete or self.jump_deletes or self.jump_inserts)
+        return not (
+            self.write
+            or self.delete
+            or self.jump_deletes
+            or self.jump_inserts
+            or self.late_jump_inserts
+        )
+
+    def chains_touched(self) -> int:
+        return len(self.write) + len(self.delete)
 
 
-def _payload(plans: Mapping[str, _TablePlan]) -> str:
-    """The restore text for ``plans``, tables in iptables-save order.
+def _payload(plans: Mapping[str, _TablePlan], *, list_first: bool = False) -> tuple[str, int]:
+    """The restore text for ``plans``, tables in iptables-save order, and its COMMIT count.
 
-    Within a table: declarations first (``:C - [0:0]`` creates or flushes;
-    chains about to be deleted are flushed too, so rules inside them that
-    jump to other deleted chains do not block ``-X``), then stale jump
-    deletions, then the rules, then jump insertions (their targets exist by
-    now), then the deletions, which are last because nothing references the
-    deleted chains any more.
+    Within a table's transaction: ``-S`` when ``list_first`` (it only reads),
+    then declarations (``:C - [0:0]`` creates or flushes; chains about to be
+    deleted are flushed too, so rules inside them that jump to other deleted
+    chains do not block ``-X``), then stale jump deletions, then the rules,
+    then jump insertions (their targets exist by now), then the deletions,
+    which are last because nothing references the deleted chains any more.
+
+    With ``list_first``, the late jump insertions follow in one more
+    transaction per table, after every table's first one. Why the kernel is
+    consistent between the two: the first transaction is the whole sync
+    except those jumps, so it is correct on its own; the late jumps go into
+    built-in chains that held no rule before the sync, so until they land
+    those hooks do exactly what they did before it (nothing of netagent's),
+    and every chain they will point to already exists. If the second
+    transaction fails, the first stays committed and the next sync is full,
+    as after any failure. Without ``list_first`` everything is one
+    transaction per table, as before.
     """
     out: list[str] = []
+    commits = 0
     for table in TABLE_ORDER:
         plan = plans.get(table)
         if plan is None or plan.empty():
             continue
+        if list_first and not (plan.write or plan.delete or plan.jump_deletes or plan.jump_inserts):
+            continue  # only late jumps: they go in the second pass
         out.append(f"*{table}")
+        if list_first:
+            out.append("-S")
         out.extend(f":{chain} - [0:0]" for chain in plan.write)
         out.extend(f":{chain} - [0:0]" for chain in plan.delete)
         out.extend(plan.jump_deletes)
         for rules in plan.write.values():
             out.extend(rules)
         out.extend(plan.jump_inserts)
+        if not list_first:
+            out.extend(plan.late_jump_inserts)
         out.extend(f"-X {chain}" for chain in plan.delete)
         out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""
+        commits += 1
+    if list_first:
+        for table in TABLE_ORDER:
+            plan = plans.get(table)
+            if plan is None or not plan.late_jump_inserts:
+                continue
+            out.append(f"*{table}")
+            out.extend(plan.late_jump_inserts)
+            out.append("COMMIT")
+            commits += 1
+    return ("\n".join(out) + "\n" if out else ""), commits
 
 
 def _tokens(rule: str) -> list[str]:
@@ -292,7 +359,11 @@ class IptablesApplier:
                 assert self._applied is not None
                 plans = self._partial_plan(desired, self._applied)
             _validate_writes(plans)
-            payload = _payload(plans)
+            list_first = self._runner.lists_tables_first and (
+                bool(reason)
+                or sum(p.chains_touched() for p in plans.values()) >= LIST_FIRST_MIN_CHAINS
+            )
+            payload, commits = _payload(plans, list_first=list_first)
             if payload:
                 self._runner.restore(payload)
         except IptablesError as exc:
@@ -309,9 +380,13 @@ class IptablesApplier:
             bytes_written=len(payload.encode()),
             chains_written=sum(len(p.write) for p in plans.values()),
             chains_deleted=sum(len(p.delete) for p in plans.values()),
-            jumps_inserted=sum(len(p.jump_inserts) for p in plans.values()),
+            jumps_inserted=sum(
+                len(p.jump_inserts) + len(p.late_jump_inserts) for p in plans.values()
+            ),
             jumps_deleted=sum(len(p.jump_deletes) for p in plans.values()),
             reason=reason or "partial",
+            listed_first=list_first,
+            transactions=commits,
             payload=payload,
         )
 
@@ -385,7 +460,8 @@ class IptablesApplier:
                 # text (never by index, which a concurrent writer could shift onto a
                 # foreign rule), then insert the wanted ones at the top, in order.
                 plan.jump_deletes.extend("-D" + rule[2:] for rule in present)
-                plan.jump_inserts.extend(
+                inserts = plan.jump_inserts if saved.rules.get(chain) else plan.late_jump_inserts
+                inserts.extend(
                     f"-I {chain} {i} {rule.split(' ', 2)[2]}"
                     for i, rule in enumerate(wanted, start=1)
                 )
@@ -425,7 +501,7 @@ class IptablesApplier:
             chains.extend(f"{table}/{c}" for c in plan.delete)
             if not plan.empty():
                 plans[table] = plan
-        payload = _payload(plans)
+        payload, _ = _payload(plans, list_first=runner.lists_tables_first)
         if payload:
             runner.restore(payload)
         return CleanupReport(tuple(chains), tuple(jumps), len(payload.encode()))

@@ -16,7 +16,13 @@ nft and the legacy backend) in a network namespace:
 - ``-X`` fails on a built-in chain, a referenced chain and a non-empty chain;
 - ``-I CHAIN n`` fails when ``n`` is past the end plus one;
 - ``-D CHAIN spec`` fails when no rule matches; it removes the first match;
-- DROP/REJECT are refused in ``nat``, NAT targets outside it.
+- DROP/REJECT are refused in ``nat``, NAT targets outside it;
+- ``-S`` inside a payload only reads (its listing goes to stdout);
+- nft backend only: a built-in chain exists in the kernel from its first
+  rule (or policy) on, and after a ``-S`` in the same transaction a rule
+  cannot go into one that does not exist yet ("RULE_INSERT failed (No such
+  file or directory)"), while ``iptables-save`` prints every built-in chain
+  either way. The legacy backend has every built-in chain from the start.
 
 Rule text is stored as written (the kernel normalises ``-d 10.0.0.1`` to
 ``10.0.0.1/32`` and adds ``-m udp``; the fake does not), and ``-D`` compares
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 
 from netagent.model import IPFamily
 from netagent.proxy.iptables.rules import BUILTIN_CHAINS, TABLE_ORDER
-from netagent.proxy.iptables.runner import IptablesError, rule_target
+from netagent.proxy.iptables.runner import Backend, IptablesError, rule_target
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +95,15 @@ class FakeIptables:
         check_calls: How many times :meth:`chain_exists` ran.
     """
 
-    def __init__(self, family: IPFamily = IPFamily.IPV4) -> None:
+    def __init__(self, family: IPFamily = IPFamily.IPV4, backend: Backend = "nft") -> None:
         self._family = family
+        self.backend = backend
         self._tables: dict[str, _Table] = {name: _empty_table(name) for name in TABLE_ORDER}
+        # Built-in chains that exist in the kernel (nft creates them with their first rule).
+        self._hooked: dict[str, set[str]] = {
+            name: set(BUILTIN_CHAINS[name]) if backend == "legacy" else set()
+            for name in TABLE_ORDER
+        }
         self.payloads: list[str] = []
         self.save_calls = 0
         self.check_calls = 0
@@ -101,6 +113,11 @@ class FakeIptables:
         """The family this fake stands in for."""
         return self._family
 
+    @property
+    def lists_tables_first(self) -> bool:
+        """As the real runner: only the nft backend gains from ``-S``."""
+        return self.backend == "nft"
+
     # --- IptablesRunner -------------------------------------------------------------------
 
     def restore(self, payload: str) -> None:
@@ -109,6 +126,8 @@ class FakeIptables:
         lines = payload.splitlines()
         name: str | None = None
         working: _Table = {}
+        self._listed = False
+        self._working_hooked: set[str] = set()
         for number, raw in enumerate(lines, start=1):
             line = raw.strip()
             try:
@@ -121,10 +140,13 @@ class FakeIptables:
                     if name not in self._tables:
                         raise _RestoreError(f"table '{name}' does not exist")
                     working = {c: ch.copy() for c, ch in self._tables[name].items()}
+                    self._listed = False
+                    self._working_hooked = set(self._hooked[name])
                 elif name is None:
                     raise _RestoreError("no table given (missing *table line)")
                 elif line == "COMMIT":
                     self._tables[name] = working
+                    self._hooked[name] = self._working_hooked
                     name = None
                 elif line.startswith(":"):
                     self._declare(name, working, line)
@@ -187,6 +209,10 @@ class FakeIptables:
         builtin = list(BUILTIN_CHAINS[table])
         return builtin + sorted(c for c in chains if c not in builtin)
 
+    def hooked(self, table: str) -> set[str]:
+        """Built-in chains of ``table`` that exist in the (modelled) kernel."""
+        return set(self._hooked[table])
+
     def rules(self, table: str, chain: str) -> list[str]:
         """The rules of one chain as ``-A CHAIN spec`` lines."""
         return [f"-A {chain} {spec}".rstrip() for spec in self._tables[table][chain].rules]
@@ -201,6 +227,7 @@ class FakeIptables:
         if chain in BUILTIN_CHAINS[table]:
             if policy in ("ACCEPT", "DROP"):
                 working[chain].policy = policy
+                self._working_hooked.add(chain)
             elif policy != "-":
                 raise _RestoreError(f"bad policy {policy!r} for built-in chain {chain}")
             return
@@ -215,10 +242,12 @@ class FakeIptables:
         if m := _APPEND_RE.match(line):
             chain, spec = m.group(1), m.group(2).strip()
             self._check_rule(table, working, chain, spec)
+            self._hook(table, chain, "RULE_APPEND")
             working[chain].rules.append(spec)
         elif m := _INSERT_RE.match(line):
             chain, index, spec = m.group(1), int(m.group(2) or 1), m.group(3).strip()
             self._check_rule(table, working, chain, spec)
+            self._hook(table, chain, "RULE_INSERT")
             if not 1 <= index <= len(working[chain].rules) + 1:
                 raise _RestoreError("Index of insertion too big.")
             working[chain].rules.insert(index - 1, spec)
@@ -227,7 +256,11 @@ class FakeIptables:
         else:
             argv = _tokens(line)
             op, args = argv[0], argv[1:]
-            if op in ("-F", "--flush"):
+            if op in ("-S", "--list-rules"):
+                if len(args) > 1 or (args and args[0] not in working):
+                    raise _RestoreError(f"bad listing {line!r}")
+                self._listed = True
+            elif op in ("-F", "--flush"):
                 for chain in self._chain_args(working, args):
                     working[chain].rules.clear()
             elif op in ("-X", "--delete-chain"):
@@ -244,6 +277,14 @@ class FakeIptables:
                 pass
             else:
                 raise _RestoreError(f"unknown command {line!r}")
+
+    def _hook(self, table: str, chain: str, op: str) -> None:
+        """A rule into a built-in chain creates it, unless the transaction listed the table."""
+        if chain not in BUILTIN_CHAINS[table] or chain in self._working_hooked:
+            return
+        if self._listed:
+            raise _RestoreError(f"{op} failed (No such file or directory): rule in chain {chain}")
+        self._working_hooked.add(chain)
 
     @staticmethod
     def _chain_args(working: _Table, args: list[str]) -> list[str]:
@@ -306,7 +347,8 @@ class FakeIptables:
             if name in doomed:
                 continue
             for spec in other.rules:
-                if rule_target(spec) in doomed:
+                # The substring test first: tokenising every rule for every -X is slow.
+                if any(d in spec for d in doomed) and rule_target(spec) in doomed:
                     raise _RestoreError(
                         f"Device or resource busy: chain {rule_target(spec)} is referenced"
                     )
