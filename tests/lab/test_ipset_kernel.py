@@ -35,12 +35,11 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 from netnslab.names import link_name, namespace_name, new_suffix
-from netnslab.netns import add_namespace, delete_namespace, list_namespaces, ns_exec, run
-from netnslab.runs import RunRecord
+from netnslab.netns import list_namespaces, ns_exec, run
+from netnslab.scratch import scratch_namespaces
 
 from netagent.proxy.ipvs.dummy import DEVICE_NAME, OWNER_ALIAS, DummyError, PyrouteDummy
 from netagent.proxy.ipvs.fake import FakeIpsets
@@ -64,22 +63,7 @@ from netagent.proxy.ipvs.model import (
 pytestmark = pytest.mark.lab
 
 
-@contextmanager
-def namespaces(*roles: str) -> Iterator[list[str]]:
-    """Fresh ``na-<role>-<suffix>`` namespaces, recorded first, always deleted."""
-    suffix = new_suffix()
-    names = [namespace_name(role, suffix) for role in roles]
-    record = RunRecord.for_this_process(suffix, names, workdir="")
-    record.save()
-    try:
-        for name in names:
-            add_namespace(name)
-            ns_exec(name, ["ip", "link", "set", "lo", "up"])
-        yield names
-    finally:
-        for name in reversed(names):
-            delete_namespace(name)
-        record.remove()
+namespaces = scratch_namespaces
 
 
 @pytest.fixture

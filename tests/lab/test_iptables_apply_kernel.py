@@ -21,13 +21,12 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from netnslab.names import link_name, namespace_name, new_suffix
-from netnslab.netns import add_namespace, delete_namespace, ns_exec
-from netnslab.runs import RunRecord
+from netnslab.names import link_name
+from netnslab.netns import ns_exec
+from netnslab.scratch import scratch_namespaces
 
 from netagent.model import (
     Endpoint,
@@ -75,22 +74,7 @@ COMMIT
 """
 
 
-@contextmanager
-def namespaces(*roles: str) -> Iterator[list[str]]:
-    """Fresh ``na-<role>-<suffix>`` namespaces, recorded first, always deleted."""
-    suffix = new_suffix()
-    names = [namespace_name(role, suffix) for role in roles]
-    record = RunRecord.for_this_process(suffix, names, workdir="")
-    record.save()
-    try:
-        for name in names:
-            add_namespace(name)
-            ns_exec(name, ["ip", "link", "set", "lo", "up"])
-        yield names
-    finally:
-        for name in reversed(names):
-            delete_namespace(name)
-        record.remove()
+namespaces = scratch_namespaces
 
 
 @pytest.fixture

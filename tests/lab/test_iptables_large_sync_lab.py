@@ -30,9 +30,8 @@ from dataclasses import replace
 
 import pytest
 from netnslab import SingleNodeLab
-from netnslab.names import namespace_name, new_suffix
-from netnslab.netns import add_namespace, delete_namespace, ns_exec
-from netnslab.runs import RunRecord
+from netnslab.netns import ns_exec
+from netnslab.scratch import scratch_namespaces
 
 from bench.synthetic import build_state
 from netagent.model import (
@@ -54,16 +53,8 @@ pytestmark = pytest.mark.lab
 
 @contextmanager
 def fresh_namespace(role: str) -> Iterator[str]:
-    suffix = new_suffix()
-    name = namespace_name(role, suffix)
-    record = RunRecord.for_this_process(suffix, [name], workdir="")
-    record.save()
-    try:
-        add_namespace(name)
-        yield name
-    finally:
-        delete_namespace(name)
-        record.remove()
+    with scratch_namespaces(role) as names:
+        yield names[0]
 
 
 def restore(ns: str, tool: str, payload: str) -> subprocess.CompletedProcess[str]:

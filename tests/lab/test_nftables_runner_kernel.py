@@ -25,9 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from netnslab.names import namespace_name, new_suffix
-from netnslab.netns import add_namespace, delete_namespace
-from netnslab.runs import RunRecord
+from netnslab.scratch import scratch_namespaces
 
 from netagent.proxy.nftables.fake import FakeNft
 from netagent.proxy.nftables.runner import NftError, NftRunner, SubprocessNft
@@ -320,16 +318,8 @@ def outcome(runner: NftRunner, payload: str) -> bool:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A fresh, empty network namespace, recorded first and always deleted."""
-    suffix = new_suffix()
-    name = namespace_name("nft", suffix)
-    record = RunRecord.for_this_process(suffix, [name], workdir="")
-    record.save()
-    try:
-        add_namespace(name)
-        yield name
-    finally:
-        delete_namespace(name)
-        record.remove()
+    with scratch_namespaces("nft") as names:
+        yield names[0]
 
 
 @pytest.fixture

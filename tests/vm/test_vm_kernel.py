@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 from netnslab import traffic
-from netnslab.names import link_name, namespace_name, new_suffix
-from netnslab.netns import add_namespace, delete_namespace, exec_argv, ip_batch, ns_exec, run
-from netnslab.runs import RunRecord
+from netnslab.names import link_name
+from netnslab.netns import exec_argv, ip_batch, ns_exec, run
+from netnslab.scratch import scratch_namespaces
 
 pytestmark = pytest.mark.vm
 
@@ -98,19 +98,8 @@ finally:
 @contextmanager
 def namespaces(*roles: str) -> Iterator[tuple[str, list[str]]]:
     """``(suffix, names)`` of fresh ``na-<role>-<suffix>`` namespaces, always deleted."""
-    suffix = new_suffix()
-    names = [namespace_name(role, suffix) for role in roles]
-    record = RunRecord.for_this_process(suffix, names, workdir="")
-    record.save()
-    try:
-        for name in names:
-            add_namespace(name)
-            ns_exec(name, ["ip", "link", "set", "lo", "up"])
-        yield suffix, names
-    finally:
-        for name in reversed(names):
-            delete_namespace(name)
-        record.remove()
+    with scratch_namespaces(*roles) as names:
+        yield names[0].rsplit("-", 1)[1], names
 
 
 @contextmanager
