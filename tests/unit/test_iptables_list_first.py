@@ -15,7 +15,11 @@ from __future__ import annotations
 import pytest
 
 from netagent.model import IPFamily
-from netagent.proxy.iptables.apply import LIST_FIRST_MIN_CHAINS, IptablesApplier
+from netagent.proxy.iptables.apply import (
+    LIST_FIRST_MIN_CHAINS,
+    IptablesApplier,
+    list_first_threshold,
+)
 from netagent.proxy.iptables.fake import FakeIptables
 from netagent.proxy.iptables.rules import JumpRule, RenderedIptables
 from netagent.proxy.iptables.runner import (
@@ -183,18 +187,26 @@ def test_full_sync_that_deletes_chains_lists_first_and_matches_a_plain_restore()
 def test_small_partial_sync_does_not_list_and_a_large_one_does() -> None:
     fake = FakeIptables()
     applier = IptablesApplier(fake)
-    base = ruleset(LIST_FIRST_MIN_CHAINS)  # 3 chains per service
+    base = ruleset(1000)  # 3 nat chains per service
     applier.apply(base, full=True)
-    one_more = ruleset(LIST_FIRST_MIN_CHAINS + 1)
+    one_more = ruleset(1001)
     small = applier.apply(one_more, full=False)
     assert not small.full and not small.listed_first
     assert "\n-S\n" not in small.payload
-    fewer = ruleset(LIST_FIRST_MIN_CHAINS // 2 - 1)  # deletes > LIST_FIRST_MIN_CHAINS chains
+    fewer = ruleset(400)  # deletes 1,803 chains of about 3,000: past the threshold
+    assert list_first_threshold(3 * 1001 + 5) <= 3 * 601
     large = applier.apply(fewer, full=False)
     assert not large.full and large.listed_first
-    assert large.chains_deleted >= LIST_FIRST_MIN_CHAINS
     assert commits(large.payload) == ["nat"]
     assert fake.save() == plain_reference(fewer)
+
+
+def test_the_listing_threshold_grows_with_the_square_root_of_the_tables() -> None:
+    assert list_first_threshold(10) == LIST_FIRST_MIN_CHAINS
+    # 10,000 services x 10 endpoints: about 110,000 chains; listing costs 3.3 s there,
+    # while 3,150 unlisted chains cost 0.7 s (docs/performance.md).
+    assert 3150 < list_first_threshold(110_000) < 10_000
+    assert list_first_threshold(4 * 110_000) == pytest.approx(2 * list_first_threshold(110_000), rel=0.01)
 
 
 def test_legacy_backend_never_lists_and_keeps_one_transaction_per_table() -> None:

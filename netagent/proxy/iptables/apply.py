@@ -29,8 +29,8 @@ text and counters.
 
 Large payloads on the nft backend (iptables 1.8.9): a ``--noflush``
 transaction costs the square of the number of chains it names unless the
-table is listed first, so a full sync (and a partial one that touches at
-least :data:`LIST_FIRST_MIN_CHAINS` chains) starts each table with a
+table is listed first, so a full sync (and a partial one that touches
+enough chains, :func:`list_first_threshold`) starts each table with a
 chainless ``-S`` (see ``SubprocessIptables.lists_tables_first``).
 It stays **one transaction per table**, with one exception the tool forces:
 after ``-S``, a rule cannot go into a built-in chain that does not exist in
@@ -46,6 +46,7 @@ built-in chain that holds any rule, ours or foreign, stay in the first.
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -74,11 +75,21 @@ CANARY_CHAIN = "NETAGENT-PROXY-CANARY"
 CANARY_TABLES = ("mangle", "nat", "filter")
 #: The table checked before a partial sync (one process, a tiny table).
 CANARY_CHECK_TABLE = "mangle"
-#: A partial sync that writes or deletes at least this many chains lists the
-#: tables first, as a full sync always does (on a backend that gains from it).
-#: Below it, listing a large table costs more than the chain list it avoids;
-#: chosen by measurement (docs/performance.md, bench/iptables_full_sync.py).
+#: A partial sync lists the tables first, as a full sync always does (on a
+#: backend that gains from it), when it writes or deletes at least
+#: :func:`list_first_threshold` chains. Measured at 10,000 services
+#: (110,000 chains; docs/performance.md, bench/iptables_full_sync.py): the
+#: listing costs about 2.6e-5 s per chain in the tables (3.3 s there), the
+#: unlisted transaction about 3.9e-8 s times the square of the chains it
+#: touches (0.7 s for 3,150), so they cross near sqrt(670 x table chains).
+LIST_FIRST_FACTOR = 600
+#: Never list for fewer chains than this, however small the tables.
 LIST_FIRST_MIN_CHAINS = 1000
+
+
+def list_first_threshold(table_chains: int) -> int:
+    """Chains a partial sync must touch before listing the tables pays off."""
+    return max(LIST_FIRST_MIN_CHAINS, math.isqrt(LIST_FIRST_FACTOR * table_chains))
 
 Tables = dict[str, dict[str, tuple[str, ...]]]
 
@@ -361,7 +372,8 @@ class IptablesApplier:
             _validate_writes(plans)
             list_first = self._runner.lists_tables_first and (
                 bool(reason)
-                or sum(p.chains_touched() for p in plans.values()) >= LIST_FIRST_MIN_CHAINS
+                or sum(p.chains_touched() for p in plans.values())
+                >= list_first_threshold(sum(len(c) for c in desired.values()))
             )
             payload, commits = _payload(plans, list_first=list_first)
             if payload:
