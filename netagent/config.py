@@ -112,6 +112,10 @@ class AgentConfig:
     ipvs_scheduler: str = "rr"
     ipvs_strict_arp: bool = False
     ipvs_exclude_cidrs: tuple[IPNetwork, ...] = ()
+    #: IPVS timeouts in whole seconds; 0 leaves the kernel's value.
+    ipvs_tcp_timeout: float = 0.0
+    ipvs_tcp_fin_timeout: float = 0.0
+    ipvs_udp_timeout: float = 0.0
     iptables_backend: str = "auto"
     manifests_dir: Path | None = None
     min_sync_period: float = 1.0

@@ -149,6 +149,26 @@ FIELDS: tuple[FieldSpec, ...] = (
         "alone: never changed, never deleted by a sync or by cleanup.",
     ),
     FieldSpec(
+        "ipvs_tcp_timeout", "ipvs.tcpTimeout", ("--ipvs-tcp-timeout",), v.IPVS_TIMEOUT, NODE,
+        "IPVS idle timeout of established TCP connections; 0 leaves the kernel's (900s)",
+        "In `ipvs` mode, the kernel's IPVS timeout for established TCP connections (`ipvsadm "
+        "--set` first value), set once at start for the node's network namespace. `0` leaves "
+        "the kernel's value (900 s on a fresh node). Whole seconds.",
+    ),
+    FieldSpec(
+        "ipvs_tcp_fin_timeout", "ipvs.tcpFinTimeout", ("--ipvs-tcp-fin-timeout",),
+        v.IPVS_TIMEOUT, NODE,
+        "IPVS timeout of TCP connections after a FIN; 0 leaves the kernel's (120s)",
+        "In `ipvs` mode, the IPVS timeout of TCP connections in FIN_WAIT (after the client's "
+        "FIN). `0` leaves the kernel's value (120 s). Whole seconds.",
+    ),
+    FieldSpec(
+        "ipvs_udp_timeout", "ipvs.udpTimeout", ("--ipvs-udp-timeout",), v.IPVS_TIMEOUT, NODE,
+        "IPVS timeout of UDP flows; 0 leaves the kernel's (300s)",
+        "In `ipvs` mode, the IPVS timeout of UDP flows. `0` leaves the kernel's value "
+        "(300 s). Whole seconds.",
+    ),
+    FieldSpec(
         "iptables_backend", "iptables.backend", ("--iptables-backend",),
         v.choice(IPTABLES_BACKENDS), NODE,
         "iptables tools: auto-detect, nft or legacy",

@@ -144,6 +144,30 @@ def parse_seconds(key: str, value: object) -> float:
     return seconds
 
 
+#: The longest IPVS timeout the kernel takes (it refuses more than INT_MAX / HZ
+#: with HZ up to 1000).
+MAX_IPVS_TIMEOUT = 2_147_483
+
+
+def parse_ipvs_timeout(key: str, value: object) -> float:
+    """Whole seconds, ``0`` meaning "leave the kernel's value"; units as parse_seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a duration in whole seconds, got {value!r}")
+    text = str(value).strip()
+    zero = go_duration_seconds(text) == 0.0 or text in ("0", "0s", "0.0")
+    seconds = 0.0 if zero else parse_seconds(key, value)
+    if not float(seconds).is_integer():
+        raise ConfigError(key, f"must be whole seconds (the kernel counts seconds), got {value!r}")
+    if seconds > MAX_IPVS_TIMEOUT:
+        raise ConfigError(key, f"must be at most {MAX_IPVS_TIMEOUT}s, got {value!r}")
+    return seconds
+
+
+def _dump_timeout(value: object) -> object:
+    assert isinstance(value, float)
+    return "0s" if value == 0 else dump_seconds(value)
+
+
 def dump_seconds(value: object) -> object:
     """30.0 -> ``30s``, 0.5 -> ``500ms``: the shortest spelling parse_seconds reads back."""
     assert isinstance(value, float | int)
@@ -294,6 +318,7 @@ def _cidr_csv(value: object) -> object:
 # ---- the types the field table uses ----------------------------------------------------------
 
 DURATION = ValueType("duration", parse_seconds, dump_seconds)
+IPVS_TIMEOUT = ValueType("whole seconds, 0 = unchanged", parse_ipvs_timeout, _dump_timeout)
 CIDR_LIST = ValueType("CIDR list", parse_cidrs, _cidr_csv)
 NODEPORT_CIDRS = ValueType("CIDR list", parse_nodeport_addresses, _cidr_list)
 BOOLEAN = ValueType("boolean", parse_bool, boolean=True)

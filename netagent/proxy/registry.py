@@ -20,10 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from netagent.config import AgentConfig
 from netagent.model import IPFamily
 from netagent.proxy.proxier import CleanupResult, Proxier
+
+if TYPE_CHECKING:
+    from netagent.proxy.ipvs.model import IpvsTimeouts
+    from netagent.proxy.ipvs.netlink import IpvsKernel
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,26 @@ def _make_nftables(config: AgentConfig, family: IPFamily) -> Proxier:
     )
 
 
+def configure_timeouts(ipvs: IpvsKernel, config: AgentConfig) -> IpvsTimeouts | None:
+    """Set the configured IPVS timeouts once, as kube-proxy does at start; None when unset.
+
+    The timeouts belong to the node's network namespace, not to a virtual
+    server, so there is nothing to reconcile per sync: a value changed by hand
+    stays until the agent restarts (as with kube-proxy).
+    """
+    from netagent.proxy.ipvs.model import IpvsTimeouts
+
+    wanted = IpvsTimeouts(
+        int(config.ipvs_tcp_timeout), int(config.ipvs_tcp_fin_timeout), int(config.ipvs_udp_timeout)
+    )
+    if wanted.is_unset():
+        return None
+    ipvs.set_timeouts(wanted)
+    now = ipvs.timeouts()
+    log.info("IPVS timeouts set: %s (asked for %s; 0 leaves the kernel's)", now, wanted)
+    return now
+
+
 def _make_ipvs(config: AgentConfig, family: IPFamily) -> Proxier:
     """The IPVS proxier over the real kernel; refuses a scheduler the kernel lacks."""
     from netagent.proxy.conntrack import ConntrackTool
@@ -101,6 +126,7 @@ def _make_ipvs(config: AgentConfig, family: IPFamily) -> Proxier:
 
     ipvs = PyrouteIpvs()
     check_scheduler(ipvs, config.ipvs_scheduler)
+    configure_timeouts(ipvs, config)
     backend = resolve_backend(config.iptables_backend)
     return IpvsProxier(
         ipvs=ipvs,

@@ -223,10 +223,11 @@ def test_a_kube_proxy_setting_netagent_cannot_do_exits_2(
     tmp_path: Path, started: list[AgentConfig], caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = tmp_path / "kube-proxy.yaml"
-    cfg.write_text(KUBEADM_KUBE_PROXY.read_text().replace("  tcpTimeout: 0s", "  tcpTimeout: 900s"))
+    text = KUBEADM_KUBE_PROXY.read_text()
+    cfg.write_text(text.replace("ipvs:\n  excludeCIDRs: null\n  minSyncPeriod: 0s", "ipvs:\n  excludeCIDRs: null\n  minSyncPeriod: 5s"))
     assert main(["run", "--config", str(cfg), "--node-name", "n1"]) == 2
     assert started == []
-    assert "config field ipvs.tcpTimeout: not supported by netagent (set to" in caplog.text
+    assert "config field ipvs.minSyncPeriod: not supported by netagent (set to" in caplog.text
 
 
 def test_no_underlay_lookup_without_overlay(

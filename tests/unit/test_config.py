@@ -205,7 +205,7 @@ def test_a_file_without_apiversion_is_read_as_netagents(tmp_path: Path) -> None:
             "iptables.sync",
             "known fields of iptables: backend, localhostNodePorts",
         ),
-        ("ipvs:\n  tcpTimeout: 1s\n", "ipvs.tcpTimeout", "known fields of ipvs: excludeCIDRs, scheduler"),
+        ("ipvs:\n  minSyncPeriod: 1s\n", "ipvs.minSyncPeriod", "known fields of ipvs: excludeCIDRs, "),
         (
             "nftables:\n  masqueradeAll: true\n",
             "nftables.masqueradeAll",
@@ -352,7 +352,14 @@ def test_config_to_dict_of_the_defaults() -> None:
             "masqueradeBit": 14,
             "localhostNodePorts": True,
         },
-        "ipvs": {"scheduler": "rr", "strictARP": False, "excludeCIDRs": ""},
+        "ipvs": {
+            "scheduler": "rr",
+            "strictARP": False,
+            "excludeCIDRs": "",
+            "tcpTimeout": "0s",
+            "tcpFinTimeout": "0s",
+            "udpTimeout": "0s",
+        },
         "nftables": {},
         "overlay": {
             "backend": "none",
@@ -383,3 +390,14 @@ def test_config_to_dict_loads_back_to_the_same_config(tmp_path: Path) -> None:
     assert shown["overlay"]["cniConfFile"] is None
     again = build_config({}, write(tmp_path, yaml.safe_dump(shown)), env={})
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("1.5s", "whole seconds"), ("-5", "positive"), ("30d", "duration"), ("3000000", "at most")],
+)
+def test_ipvs_timeouts_are_refused_by_name(value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"ipvs_udp_timeout": value}, None)
+    assert info.value.key == "ipvs.udpTimeout"
+    assert fragment in str(info.value)

@@ -127,11 +127,24 @@ def test_top_level_sync_periods_are_read_and_must_agree_with_iptables(tmp_path: 
     assert "disagrees with syncPeriod" in str(info.value)
 
 
+def test_ipvs_timeouts_are_read_as_whole_seconds(tmp_path: Path) -> None:
+    cfg = load(tmp_path, HEAD + "ipvs: {tcpTimeout: 15m0s, tcpFinTimeout: 0s, udpTimeout: 45s}\n")
+    assert (cfg.ipvs_tcp_timeout, cfg.ipvs_tcp_fin_timeout, cfg.ipvs_udp_timeout) == (
+        900.0,
+        0.0,
+        45.0,
+    )
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, HEAD + "ipvs: {udpTimeout: 1500ms}\n")
+    assert info.value.key == "ipvs.udpTimeout"
+    assert "whole seconds" in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("path", "value"),
     [
         ("winkernel.networkName", "l2bridge"),
-        ("ipvs.tcpTimeout", "900s"),
+        ("ipvs.minSyncPeriod", "5s"),
         ("nftables.masqueradeAll", True),
         ("conntrack.maxPerCore", 65536),
         ("clientConnection.qps", 50),

@@ -36,7 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 from pyroute2.netlink.generic import ipvs as genl
 
 from netagent.proxy.ipvs.fake import FakeIpvs
-from netagent.proxy.ipvs.model import RealServer, RealServerStats, VirtualServer
+from netagent.proxy.ipvs.model import IpvsTimeouts, RealServer, RealServerStats, VirtualServer
 from netagent.proxy.ipvs.netlink import (
     PROBE_ADDRESS,
     PROBE_PORT,
@@ -538,3 +538,81 @@ def test_check_scheduler_trusts_an_existing_service_and_never_touches_a_foreign_
     with pytest.raises(IpvsError, match="not netagent's"):
         check_scheduler(fake, "sh")
     assert fake.services() == [foreign] and fake.calls == []
+
+
+# ---- timeouts (IPVS_CMD_SET_CONFIG / GET_CONFIG) ----------------------------------------
+
+
+class ConfigRecordingIPVS(RecordingIPVS):
+    """Also records requests sent through the public ``nlm_request`` (the config calls)."""
+
+    @property
+    def prid(self) -> int:
+        return FAKE_PRID
+
+    def nlm_request(self, msg: Any, msg_type: int, msg_flags: int = 0) -> list[Any]:
+        assert msg_type == FAKE_PRID
+        self.sent.append(Sent(msg, msg_flags))
+        if self.errors:
+            raise self.errors.pop(0)
+        return [decode(raw) for raw in self.replies.get(int(msg["cmd"]), [])]
+
+
+def test_set_timeouts_sends_set_config_with_only_the_nonzero_values_as_u32() -> None:
+    rec = ConfigRecordingIPVS()
+    try:
+        PyrouteIpvs(sock=rec).set_timeouts(IpvsTimeouts(tcp=600, tcp_fin=0, udp=45))
+        (sent,) = rec.sent
+        assert sent.cmd == genl.IPVS_CMD_SET_CONFIG
+        assert sent.flags == NLM_F_REQUEST | NLM_F_ACK
+        # Attribute 4 (TIMEOUT_TCP) = 600 and 6 (TIMEOUT_UDP) = 45, each a 4-byte u32;
+        # TIMEOUT_TCP_FIN (5) is absent, so the kernel keeps its value.
+        assert sent.raw[20:] == nla(4, u32(600)) + nla(6, u32(45))
+        rec.sent.clear()
+        PyrouteIpvs(sock=rec).set_timeouts(IpvsTimeouts())
+        assert rec.sent == []
+    finally:
+        rec.close()
+
+
+def test_timeouts_reads_the_kernel_reply() -> None:
+    rec = ConfigRecordingIPVS()
+    try:
+        rec.replies[genl.IPVS_CMD_GET_CONFIG] = [
+            reply(genl.IPVS_CMD_SET_CONFIG, nla(4, u32(900)), nla(5, u32(120)), nla(6, u32(300)))
+        ]
+        assert PyrouteIpvs(sock=rec).timeouts() == IpvsTimeouts(900, 120, 300)
+        assert rec.sent[0].cmd == genl.IPVS_CMD_GET_CONFIG
+        assert rec.sent[0].flags == NLM_F_REQUEST
+        rec.errors.append(NetlinkError(errno.EPERM))
+        with pytest.raises(IpvsError, match="timeouts"):
+            PyrouteIpvs(sock=rec).timeouts()
+    finally:
+        rec.close()
+
+
+def test_timeouts_are_checked_and_merged_like_the_kernel() -> None:
+    with pytest.raises(ValueError, match="tcp timeout"):
+        IpvsTimeouts(tcp=-1)
+    with pytest.raises(ValueError, match="udp timeout"):
+        IpvsTimeouts(udp=3_000_000)
+    fake = FakeIpvs()
+    assert fake.timeouts() == IpvsTimeouts(900, 120, 300)
+    fake.set_timeouts(IpvsTimeouts(tcp=60))
+    assert fake.timeouts() == IpvsTimeouts(60, 120, 300)
+
+
+def test_configured_timeouts_are_set_once_and_zero_leaves_the_kernel_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from netagent.config import AgentConfig
+    from netagent.proxy.registry import configure_timeouts
+
+    fake = FakeIpvs()
+    assert configure_timeouts(fake, AgentConfig()) is None
+    assert [c.method for c in fake.calls] == []
+    with caplog.at_level("INFO", logger="netagent"):
+        now = configure_timeouts(fake, AgentConfig(ipvs_tcp_timeout=600.0, ipvs_udp_timeout=30.0))
+    assert now == IpvsTimeouts(600, 120, 30)
+    assert [c.method for c in fake.calls] == ["set_timeouts", "timeouts"]
+    assert "IPVS timeouts set: tcp 600s, tcpfin 120s, udp 30s" in caplog.text

@@ -38,7 +38,7 @@ from netagent.proxy.iptables.fake import FakeIptables
 from netagent.proxy.ipvs.fake import FakeDummy, FakeIpsets, FakeIpvs
 from netagent.proxy.ipvs.model import IpsetSpec, RealServer, VirtualServer
 from netagent.proxy.ipvs.proxier import IpvsProxier
-from netagent.proxy.ipvs.render import render_ipvs
+from netagent.proxy.ipvs.render import IpvsRenderer, render_ipvs
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -168,6 +168,44 @@ def test_a_partial_sync_touches_only_what_changed() -> None:
     spent = len(ipvs.calls) + len(sets.calls) + len(dummy.calls) - before
     assert spent <= 6, (spent, writes)
     assert result.objects_written >= 1
+
+
+def test_the_memoised_render_equals_a_fresh_one_and_reuses_unchanged_frontends() -> None:
+    renderer = IpvsRenderer()
+    big = build_state(200, 4, node_ports=True)
+    first = renderer.render(big, node_addresses=[NODE_IP])
+    assert first == render_ipvs(big, node_addresses=[NODE_IP])
+    changed = with_one_endpoint_changed(big, 7)
+    second = renderer.render(changed, node_addresses=[NODE_IP])
+    assert second == render_ipvs(changed, node_addresses=[NODE_IP])
+    fresh = [k for k, f in second.virtual_servers.items() if f is not first.virtual_servers[k]]
+    # Service 7's cluster IP and its node port: the only frontends built again.
+    assert sorted(second.virtual_servers[k].owner.name for k in fresh) == ["svc-7", "svc-7"]
+    # Another node address is another input: every node port is rendered again.
+    third = renderer.render(changed, node_addresses=[NODE_IP, ip("192.0.2.3")])
+    assert third == render_ipvs(changed, node_addresses=[NODE_IP, ip("192.0.2.3")])
+    assert len(third.virtual_servers) == 600
+
+
+def test_a_partial_sync_skips_unchanged_frontends_and_still_drains_the_changed_one() -> None:
+    p, ipvs, _, _ = proxier()
+    big = build_state(300, 5)
+    p.sync(big)
+    changed = with_one_endpoint_changed(big, 7)
+    name = ServicePortName("bench", "svc-7", "http")
+    (vs,) = [v for v in ipvs.services() if v.address == changed.services[name].cluster_ips[0]]
+    leaving = next(d for d in ipvs.dests(vs) if d.address == big.endpoints[name][0].ip)
+    ipvs.set_connections(vs, leaving, active=1)  # an open connection keeps it draining
+    p.sync(changed)
+    weights = {(d.address, d.weight) for d in ipvs.dests(vs)}
+    moved = {e.ip for e in changed.endpoints[name]} - {e.ip for e in big.endpoints[name]}
+    gone = {e.ip for e in big.endpoints[name]} - {e.ip for e in changed.endpoints[name]}
+    assert {(a, 1) for a in moved} <= weights
+    assert {(a, 0) for a in gone} <= weights  # TCP: drained at weight 0, not deleted
+    # The endpoint comes back: the drained real server returns to weight 1.
+    p.sync(big)
+    assert {d.weight for d in ipvs.dests(vs)} == {1}
+    assert p.kernel_objects() == p.render_objects(big)
 
 
 def test_graceful_termination_of_tcp_and_immediate_removal_of_udp() -> None:

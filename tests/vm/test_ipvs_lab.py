@@ -363,6 +363,20 @@ def test_unknown_scheduler_fails_the_run_naming_it(tmp_path: Path) -> None:
         assert ipvs_table(lab) == {}, ipvsadm_text(lab)
 
 
+def test_ipvs_timeouts_come_from_config_and_zero_keeps_the_kernels(tmp_path: Path) -> None:
+    with lab_in(tmp_path) as lab:
+        lab.write_manifests(services=[WEB], endpoints={"web": list(PODS)})
+        fresh = lab.ns_exec("node", ["ipvsadm", "-L", "--timeout"]).stdout
+        assert "Timeout (tcp tcpfin udp): 900 120 300" in fresh, fresh
+        run = lab.run_agent(
+            extra=["--ipvs-tcp-timeout", "10m", "--ipvs-udp-timeout", "45"], timeout=ONCE_TIMEOUT
+        ).check()
+        now = lab.ns_exec("node", ["ipvsadm", "-L", "--timeout"]).stdout
+        # tcpfin was 0 in the config: the kernel keeps its 120 s.
+        assert "Timeout (tcp tcpfin udp): 600 120 45" in now, now
+        assert "IPVS timeouts set: tcp 600s, tcpfin 120s, udp 45s" in run.log, run.log
+
+
 # ---- 2. graceful termination ---------------------------------------------------------------
 
 

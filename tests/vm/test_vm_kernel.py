@@ -326,3 +326,23 @@ def test_pyroute_ipvs_works_from_every_thread() -> None:
                 assert list(pool.map(round_trip, range(20))) == [1] * 20
         finally:
             kernel.close()
+
+
+def test_pyroute_ipvs_sets_and_reads_the_namespaces_timeouts() -> None:
+    from netagent.proxy.ipvs.model import KERNEL_DEFAULT_TIMEOUTS, IpvsTimeouts
+    from netagent.proxy.ipvs.netlink import PyrouteIpvs
+
+    run(["modprobe", "ip_vs"])
+    with namespaces("vmto", "vmtp") as (_, (ns, other)):
+        kernel = PyrouteIpvs(ns)
+        try:
+            assert kernel.timeouts() == KERNEL_DEFAULT_TIMEOUTS
+            kernel.set_timeouts(IpvsTimeouts(tcp=0, tcp_fin=30, udp=7))
+            assert kernel.timeouts() == IpvsTimeouts(900, 30, 7)
+            shown = ns_exec(ns, ["ipvsadm", "-L", "--timeout"]).stdout
+            assert "Timeout (tcp tcpfin udp): 900 30 7" in shown, shown
+            # Per namespace: the other one still has the kernel's defaults.
+            elsewhere = ns_exec(other, ["ipvsadm", "-L", "--timeout"]).stdout
+            assert "Timeout (tcp tcpfin udp): 900 120 300" in elsewhere, elsewhere
+        finally:
+            kernel.close()

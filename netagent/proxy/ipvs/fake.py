@@ -54,12 +54,14 @@ from netagent.proxy.ipvs.ipsets import (
 )
 from netagent.proxy.ipvs.model import (
     BITMAP_PORT,
+    KERNEL_DEFAULT_TIMEOUTS,
     KNOWN_SCHEDULERS,
     SUPPORTED_IPSET_TYPES,
     IPAddress,
     IpsetEntry,
     IpsetEntryError,
     IpsetSpec,
+    IpvsTimeouts,
     RealServer,
     RealServerKey,
     RealServerStats,
@@ -117,6 +119,7 @@ class FakeIpvs(_Recorder):
         self.inventory = set(self.schedulers if inventory is None else inventory)
         self._services: dict[VirtualServerKey, VirtualServer] = {}
         self._dests: dict[VirtualServerKey, dict[RealServerKey, RealServerStats]] = {}
+        self._timeouts = KERNEL_DEFAULT_TIMEOUTS
 
     # -- helpers for tests -------------------------------------------------------------------
 
@@ -198,6 +201,14 @@ class FakeIpvs(_Recorder):
         if rs.key not in dests:
             raise IpvsError("delete", f"{rs.address}:{rs.port} in {vs}", errno.ENOENT)
         del dests[rs.key]
+
+    def timeouts(self) -> IpvsTimeouts:
+        self._check("timeouts", "timeouts")
+        return self._timeouts
+
+    def set_timeouts(self, timeouts: IpvsTimeouts) -> None:
+        self._check("set_timeouts", timeouts)
+        self._timeouts = timeouts.merged_over(self._timeouts)
 
     def schedulers_available(self) -> set[str]:
         return set(self.inventory)

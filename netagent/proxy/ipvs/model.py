@@ -91,6 +91,43 @@ def address_sort_key(address: IPAddress) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class IpvsTimeouts:
+    """The kernel's IPVS connection timeouts of one network namespace, in seconds.
+
+    ``ipvsadm --set TCP TCPFIN UDP``. In a request, 0 means "leave this one as
+    it is" (the kernel skips it); read back, the values are what the kernel uses.
+    """
+
+    tcp: int = 0
+    tcp_fin: int = 0
+    udp: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("tcp", "tcp_fin", "udp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= MAX_TIMEOUT:
+                raise ValueError(f"IPVS {name} timeout must be 0..{MAX_TIMEOUT} seconds")
+
+    def is_unset(self) -> bool:
+        return not (self.tcp or self.tcp_fin or self.udp)
+
+    def merged_over(self, current: IpvsTimeouts) -> IpvsTimeouts:
+        """What the kernel holds after this request is applied to ``current``."""
+        return IpvsTimeouts(
+            self.tcp or current.tcp, self.tcp_fin or current.tcp_fin, self.udp or current.udp
+        )
+
+    def __str__(self) -> str:
+        return f"tcp {self.tcp}s, tcpfin {self.tcp_fin}s, udp {self.udp}s"
+
+
+#: The kernel refuses a timeout above INT_MAX / HZ (HZ up to 1000).
+MAX_TIMEOUT = 2_147_483
+#: A fresh namespace's timeouts (IP_VS_TCP_S_ESTABLISHED, FIN_WAIT, UDP_S_NORMAL).
+KERNEL_DEFAULT_TIMEOUTS = IpvsTimeouts(900, 120, 300)
+
+
+@dataclass(frozen=True, slots=True)
 class VirtualServer:
     """One IPVS service (virtual server), as netagent creates it and as a dump returns it."""
 

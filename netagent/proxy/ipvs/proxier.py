@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from netagent.model import IPAddress, IPFamily, IPNetwork, ProxyState
@@ -50,10 +50,11 @@ from netagent.proxy.ipvs.ipsets import IpsetKernel, ipset_diff
 from netagent.proxy.ipvs.model import RealServer, VirtualServer, VirtualServerKey
 from netagent.proxy.ipvs.netlink import IpvsKernel
 from netagent.proxy.ipvs.render import (
+    IpvsFrontend,
+    IpvsRenderer,
     RenderedIpvs,
     nodeport_addresses,
     owned_address,
-    render_ipvs,
     set_prefix,
     set_specs,
 )
@@ -111,6 +112,7 @@ class IpvsProxier:
         self._clock = clock
         self._next_full = 0.0
         self._committed: RenderedIpvs | None = None
+        self._renderer = IpvsRenderer()
         self._node_addresses: frozenset[IPAddress] = frozenset()
         self._previous: ProxyState | None = None
         self._force_full = True
@@ -124,13 +126,19 @@ class IpvsProxier:
 
     # ---- render -------------------------------------------------------------------------
 
-    def _render(self, state: ProxyState, overlay: OverlayRules | None) -> RenderedIpvs:
+    def _render(
+        self,
+        state: ProxyState,
+        overlay: OverlayRules | None,
+        renderer: IpvsRenderer | None = None,
+    ) -> RenderedIpvs:
+        """A sync's render (memoised); ``renderer`` for one outside the sync's memo."""
         node, other = self._local()
         self._node_addresses = node  # the same reading serves this sync's ownership checks
         extra = None
         if overlay is not None and self.family is IPFamily.IPV4:
             extra = render_overlay_rules(overlay, masquerade_mark=1 << state.config.masquerade_bit)
-        return render_ipvs(
+        return (renderer or self._renderer).render(
             state,
             node_addresses=node,
             other_interface_addresses=other,
@@ -270,16 +278,8 @@ class IpvsProxier:
                 key: {d.key: d.server for d in self._ipvs.dests(vs)} for key, vs in kernel.items()
             }
         else:
-            assert self._committed is not None
-            old = self._committed.virtual_servers
-            kernel = {k: f.server for k, f in old.items()}
-            current_dests = {k: {rs.key: rs for rs in f.real_servers} for k, f in old.items()}
-            # Real servers at weight 0 are in the kernel, not in the committed render.
-            for vs_key, rs_key in self.terminating:
-                if vs_key in current_dests:
-                    current_dests[vs_key].setdefault(
-                        rs_key, RealServer(rs_key[0], rs_key[1], weight=0)
-                    )
+            self._sync_servers_partial(wanted, counters)
+            return
         for key, frontend in wanted.items():
             vs = frontend.server
             have = kernel.get(key)
@@ -296,6 +296,41 @@ class IpvsProxier:
         for key, vs in kernel.items():
             if key not in wanted:
                 self._ipvs.delete_service(vs)
+                counters.deleted += 1
+                for term in [t for t in self.terminating if t[0] == key]:
+                    del self.terminating[term]
+
+    def _sync_servers_partial(
+        self, wanted: Mapping[VirtualServerKey, IpvsFrontend], counters: _Counters
+    ) -> None:
+        """Against the committed render: a frontend identical to it (the renderer's memo
+        returns the very object for an unchanged service port) is skipped unread."""
+        assert self._committed is not None
+        old = self._committed.virtual_servers
+        draining: dict[VirtualServerKey, list[tuple[IPAddress, int]]] = {}
+        for vs_key, rs_key in self.terminating:
+            draining.setdefault(vs_key, []).append(rs_key)
+        for key, frontend in wanted.items():
+            before = old.get(key)
+            if before is frontend:
+                continue
+            vs = frontend.server
+            if before is None:
+                self._ipvs.add_service(vs)
+                counters.written += 1
+                have: dict[tuple[IPAddress, int], RealServer] = {}
+            else:
+                if before.server != vs:
+                    self._ipvs.update_service(vs)
+                    counters.written += 1
+                have = {rs.key: rs for rs in before.real_servers}
+                # Real servers at weight 0 are in the kernel, not in the committed render.
+                for rs_key in draining.get(key, ()):
+                    have.setdefault(rs_key, RealServer(rs_key[0], rs_key[1], weight=0))
+            self._sync_dests(vs, frontend.real_servers, have, counters)
+        for key, before in old.items():
+            if key not in wanted:
+                self._ipvs.delete_service(before.server)
                 counters.deleted += 1
                 for term in [t for t in self.terminating if t[0] == key]:
                     del self.terminating[term]
@@ -357,7 +392,7 @@ class IpvsProxier:
         self, state: ProxyState, overlay: OverlayRules | None = None
     ) -> Sequence[OwnedObject]:
         """What a sync of ``state`` leaves in the kernel (reads the node's addresses)."""
-        return owned_objects(self._render(state, overlay))
+        return owned_objects(self._render(state, overlay, IpvsRenderer()))
 
     def kernel_objects(self) -> Sequence[OwnedObject]:
         """Owned virtual servers with their real servers, addresses, set members, chains."""
