@@ -558,12 +558,18 @@ class SingleNodeLab:
         return agent_process.run_netagent(self.node_ns, self.python, args, timeout=timeout)
 
     def start_agent(
-        self, manifest_dir: Path | None = None, extra: Sequence[str] = ()
+        self,
+        manifest_dir: Path | None = None,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> agent_process.AgentHandle:
-        """A long-running ``netagent run`` in the node namespace (stopped by :meth:`down`)."""
+        """A long-running ``netagent run`` in the node namespace (stopped by :meth:`down`).
+
+        ``env`` adds to the agent's environment (a fault-injecting ``PATH``, say).
+        """
         args = self.agent_args(manifest_dir or self.manifest_dir, once=False, extra=extra)
         log_path = self.workdir / f"agent-{len(self._agents)}.log"
-        handle = agent_process.AgentHandle(self.node_ns, self.python, args, log_path)
+        handle = agent_process.AgentHandle(self.node_ns, self.python, args, log_path, env=env)
         self._agents.append(handle)
         return handle
 

@@ -27,6 +27,7 @@ both are empty).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -57,6 +58,12 @@ READ_TIMEOUT = 60.0
 #: large payload gets a longer bound instead of a timeout that repeats on every
 #: full sync.
 RESTORE_MIN_BYTES_PER_SECOND = 100_000.0
+#: Seconds a tool waits for the xtables lock (``--wait``) before it gives up. The
+#: legacy backend takes ``/run/xtables.lock`` (``$XTABLES_LOCKFILE``); a program
+#: that holds it (an admin's long iptables command, a stuck firewall script) then
+#: fails one sync, which is reported and retried, instead of wedging the agent.
+#: kube-proxy waits 5 s too. The nft backend takes no lock.
+LOCK_WAIT = 5
 
 # "Error occurred at line: 7" (parse errors) or "line 2 failed" (commit errors).
 _FAILED_LINE_RE = re.compile(r"line:? (\d+)")
@@ -186,8 +193,10 @@ class SubprocessIptables:
         """Apply ``payload`` atomically per table; raise IptablesError with the failing line."""
         restore_tool = self._tools[0]
         timeout = restore_timeout_for(len(payload.encode()), self.restore_timeout)
-        proc = self._run([restore_tool, "--noflush", "--wait"], payload, timeout, stdout=False)
+        argv = [restore_tool, "--noflush", "--wait", str(LOCK_WAIT)]
+        proc = self._run(argv, payload, timeout, stdout=False)
         if proc.returncode != 0:
+            _raise_if_lock_busy(restore_tool, proc.stderr)
             line, text = failing_line(proc.stderr, payload)
             raise IptablesError(
                 f"{restore_tool} exited {proc.returncode}: {_first_line(proc.stderr)}",
@@ -210,10 +219,11 @@ class SubprocessIptables:
 
     def chain_exists(self, table: str, chain: str) -> bool:
         """``iptables -t TABLE -S CHAIN``: exit 0 exists, exit 1 missing, anything else fails."""
-        argv = [self._tools[2], "--wait", "-t", table, "-S", chain]
+        argv = [self._tools[2], "--wait", str(LOCK_WAIT), "-t", table, "-S", chain]
         proc = self._run(argv, None, self.read_timeout)
         if proc.returncode == 0:
             return True
+        _raise_if_lock_busy(self._tools[2], proc.stderr)
         if proc.returncode == 1:
             # Legacy: "No chain/target/match by that name."; nft reports a chain of a
             # missing table as "incompatible". Both mean: not there.
@@ -247,6 +257,20 @@ class SubprocessIptables:
             raise IptablesError(f"{shlex.join(full)} timed out after {timeout:.0f}s") from exc
         except OSError as exc:
             raise IptablesError(f"{shlex.join(full)} could not run: {exc}") from exc
+
+
+class XtablesLockBusy(IptablesError):
+    """The xtables lock stayed held by another program for :data:`LOCK_WAIT` seconds."""
+
+
+def _raise_if_lock_busy(tool: str, stderr: str) -> None:
+    if "xtables lock" in stderr:
+        lockfile = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+        raise XtablesLockBusy(
+            f"{tool}: another program held the xtables lock ({lockfile}) for more than "
+            f"{LOCK_WAIT}s; nothing was written, the next sync retries",
+            stderr=stderr,
+        )
 
 
 def _first_line(text: str) -> str:

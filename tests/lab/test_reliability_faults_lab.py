@@ -1,0 +1,145 @@
+"""Reliability, case 2: faults in the kernel tools; the old rules serve, the first clean sync repairs.
+
+Faults injected into a running agent, each while a change is pending:
+
+- the restore tool (``iptables-nft-restore``, or ``nft`` in nftables mode)
+  fails on every call while a flag file exists: a wrapper earlier in the
+  agent's ``PATH`` (the agent finds its tools on ``PATH``);
+- another program holds the xtables lock (legacy backend; the lock file is
+  moved to the test's directory with ``$XTABLES_LOCKFILE``, so the host's
+  ``/run/xtables.lock`` is never taken).
+
+Figures: syncs that failed during the fault, and syncs needed after it
+cleared (target: the first one repairs everything); connections to the
+unchanged Service during the fault (target: all answered by the old rules).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from netnslab import POD_IPS, LabService, LabServicePort, SingleNodeLab
+
+pytestmark = pytest.mark.lab
+
+PODS = ("pod-a", "pod-b", "pod-c")
+HTTP = LabServicePort(name="http", port=80, target_port=8080)
+WEB = LabService(name="web", cluster_ip="10.96.0.80", ports=(HTTP,))
+NEW = LabService(name="new", cluster_ip="10.96.0.81", ports=(HTTP,))
+SYNCED = r"synced IPv4"
+FAILED = r"sync failed"
+
+
+def wrapper(directory: Path, tool: str, flag: Path) -> Path:
+    """A ``tool`` on a PATH directory that fails while ``flag`` exists, else runs the real one."""
+    real = shutil.which(tool)
+    assert real is not None, f"{tool} is not installed"
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / tool
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ -e "{flag}" ]; then echo "injected fault: {tool} refuses" >&2; exit 1; fi\n'
+        f'exec "{real}" "$@"\n'
+    )
+    script.chmod(0o755)
+    return directory
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def count(pattern: str, text: str) -> int:
+    return len(re.findall(pattern, text))
+
+
+def test_a_failing_restore_tool_keeps_the_old_rules_and_the_first_clean_sync_repairs(
+    proxy_lab: SingleNodeLab, tmp_path: Path
+) -> None:
+    lab = proxy_lab
+    tool = "nft" if lab.proxy_mode == "nftables" else "iptables-nft-restore"
+    flag = tmp_path / "fail"
+    bindir = wrapper(tmp_path / "bin", tool, flag)
+    lab.write_manifests(services=[WEB], endpoints={"web": list(PODS)})
+    agent = lab.start_agent(
+        extra=["--iptables-backend", "nft"],
+        env={"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"},
+    )
+    agent.wait_for_log(SYNCED, timeout=30)
+    assert lab.tcp_request("client", "10.96.0.80", 80).split()[0] in PODS
+
+    flag.touch()
+    mark = len(agent.log_text())
+    lab.write_manifests(services=[WEB, NEW], endpoints={"web": list(PODS), "new": ["pod-a"]})
+    agent.wait_for_log(FAILED, timeout=20, after=mark)
+    time.sleep(3.0)  # a few retries fail meanwhile
+    during = lab.many_tcp_requests("client", "10.96.0.80", 80, 30, timeout=2.0)
+    assert all(r.error is None and r.reply.split()[0] in PODS for r in during if r.reply), during
+    assert all(r.error is None for r in during), [r.error for r in during]
+    assert not lab.rules_mention_address("10.96.0.81"), "the new Service appeared during the fault"
+    failed_during = count(FAILED, agent.log_text()[mark:])
+    assert failed_during >= 2
+
+    flag.unlink()
+    cleared = len(agent.log_text())
+    wait_until("the new Service to be programmed", lambda: lab.rules_mention_address("10.96.0.81"))
+    after = agent.log_text()[cleared:]
+    # The first sync after the fault cleared repaired everything: no failure after it.
+    assert count(FAILED, after) == 0, after
+    first = re.search(r"synced IPv4 \((full|partial)\)", after)
+    assert first is not None and first.group(1) == "full", after
+    assert lab.tcp_request("client", "10.96.0.81", 80).split()[0] == "pod-a"
+    assert lab.rules_mention_endpoint(POD_IPS["pod-c"], 8080)
+    print(f"{lab.proxy_mode}: {failed_during} syncs failed during the fault; 1 sync repaired")
+
+
+def test_a_held_xtables_lock_is_waited_for_a_bounded_time_reported_and_retried(
+    single_node_lab: SingleNodeLab, tmp_path: Path
+) -> None:
+    lab = single_node_lab
+    lock = tmp_path / "xtables.lock"
+    lock.touch()
+    lab.write_manifests(services=[WEB], endpoints={"web": list(PODS)})
+    agent = lab.start_agent(
+        extra=["--iptables-backend", "legacy"], env={"XTABLES_LOCKFILE": str(lock)}
+    )
+    agent.wait_for_log(SYNCED, timeout=30)
+    assert "NETAGENT-SERVICES" in lab.ns_exec("node", ["iptables-legacy-save", "-t", "nat"]).stdout
+
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # what iptables-legacy takes (flock on the lock file)
+    try:
+        time.sleep(0.5)
+        mark = len(agent.log_text())
+        started = time.monotonic()
+        lab.write_manifests(services=[WEB, NEW], endpoints={"web": list(PODS), "new": ["pod-a"]})
+        line = agent.wait_for_log(r"xtables lock", timeout=30, after=mark)
+        waited = time.monotonic() - started
+        assert "held the xtables lock" in line and str(lock) in line, line
+        assert "for more than 5s" in line
+        assert waited < 20, f"the first lock failure took {waited:.1f}s"
+        assert agent.running(), "a held lock must never stop the agent"
+        # The old rules serve meanwhile.
+        assert lab.tcp_request("client", "10.96.0.80", 80).split()[0] in PODS
+    finally:
+        os.close(held)  # releases the lock
+    cleared = len(agent.log_text())
+    wait_until(
+        "the new Service after the lock was released",
+        lambda: "10.96.0.81" in lab.ns_exec("node", ["iptables-legacy-save", "-t", "nat"]).stdout,
+        timeout=30,
+    )
+    # At most the sync in flight at the release reports the lock once more.
+    assert count(r"daemon: sync failed", agent.log_text()[cleared:]) <= 1
+    assert lab.tcp_request("client", "10.96.0.81", 80).split()[0] == "pod-a"
