@@ -21,6 +21,12 @@ class ErrorFault:
     remaining: int
     retry_after: int | None
     path_prefix: str | None
+    #: Only requests whose query carries a ``continue`` token: a list that fails
+    #: midway through its pages.
+    continued_only: bool = False
+    #: Only watch requests (``?watch=true``): a watch that cannot reconnect
+    #: while lists and writes still work.
+    watch_only: bool = False
 
 
 class Faults:
@@ -29,6 +35,7 @@ class Faults:
     def __init__(self, log_size: int = 10000) -> None:
         self._lock = threading.Lock()
         self._errors: list[ErrorFault] = []
+        self._corrupt_events = 0
         self._pause_until = 0.0
         self._resumed = threading.Condition(self._lock)
         self._log: deque[dict[str, Any]] = deque(maxlen=log_size)
@@ -36,19 +43,30 @@ class Faults:
     # -- injected errors ------------------------------------------------------------
 
     def inject_errors(self, status: int, count: int, retry_after: int | None = None,
-                      path_prefix: str | None = None) -> None:
-        """The next ``count`` API requests (under ``path_prefix`` if given) get ``status``."""
+                      path_prefix: str | None = None, continued_only: bool = False,
+                      watch_only: bool = False) -> None:
+        """The next ``count`` API requests (under ``path_prefix`` if given) get ``status``.
+
+        With ``continued_only``, only list requests for a second or later page
+        (a ``continue`` token in the query) count; with ``watch_only``, only watches.
+        """
         if status < 400 or status > 599:
             raise ValueError(f"status must be an HTTP error code, not {status}")
         with self._lock:
             if count > 0:
-                self._errors.append(ErrorFault(status, count, retry_after, path_prefix))
+                self._errors.append(
+                    ErrorFault(status, count, retry_after, path_prefix, continued_only,
+                               watch_only))
 
-    def take_error(self, path: str) -> ErrorFault | None:
-        """Consume one injected error matching ``path``, if any."""
+    def take_error(self, path: str, query: dict[str, str] | None = None) -> ErrorFault | None:
+        """Consume one injected error matching ``path`` (and ``query``), if any."""
         with self._lock:
             for fault in self._errors:
                 if fault.path_prefix and not path.startswith(fault.path_prefix):
+                    continue
+                if fault.continued_only and not (query or {}).get("continue"):
+                    continue
+                if fault.watch_only and (query or {}).get("watch") not in ("true", "1"):
                     continue
                 fault.remaining -= 1
                 if fault.remaining <= 0:
@@ -59,6 +77,22 @@ class Faults:
     def clear_errors(self) -> None:
         with self._lock:
             self._errors.clear()
+            self._corrupt_events = 0
+
+    # -- corrupt watch events -------------------------------------------------------
+
+    def corrupt_events(self, count: int) -> None:
+        """The next ``count`` watch events, on any stream, are each preceded by a
+        line that is not JSON (a truncated event), as a broken proxy might send."""
+        with self._lock:
+            self._corrupt_events += max(0, count)
+
+    def take_corrupt_event(self) -> bool:
+        with self._lock:
+            if self._corrupt_events <= 0:
+                return False
+            self._corrupt_events -= 1
+            return True
 
     # -- pauses ---------------------------------------------------------------------
 

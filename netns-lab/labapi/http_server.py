@@ -175,7 +175,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             self.server.faults.wait_if_paused()
-            fault = self.server.faults.take_error(path)
+            fault = self.server.faults.take_error(path, query)
             if fault is not None:
                 extra = {}
                 if fault.retry_after is not None:
@@ -222,10 +222,19 @@ class Handler(BaseHTTPRequestHandler):
                 count = int(data.get("count", 1))
                 ra = data.get("retryAfter")
                 faults.inject_errors(status, count, None if ra is None else int(ra),
-                                     data.get("paths") or data.get("pathPrefix"))
+                                     data.get("paths") or data.get("pathPrefix"),
+                                     bool(data.get("continuedOnly", False)),
+                                     bool(data.get("watchOnly", False)))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ApiError(400, f"bad fault: {exc}", "BadRequest") from None
             self._send(200, {"injected": count})
+        elif path == "/lab/faults/corrupt-events" and method == "POST":
+            try:
+                count = int(data.get("count", 1))
+            except (TypeError, ValueError) as exc:
+                raise ApiError(400, f"bad fault: {exc}", "BadRequest") from None
+            faults.corrupt_events(count)
+            self._send(200, {"corrupting": count})
         elif path == "/lab/faults/pause" and method == "POST":
             try:
                 seconds = float(data["seconds"])
@@ -471,6 +480,8 @@ class Handler(BaseHTTPRequestHandler):
                         next_bookmark = time.monotonic() + interval
                     continue
                 kind, a, b = item
+                if kind == "event" and self.server.faults.take_corrupt_event():
+                    self._write_chunk(b'{"type":"MODIFIED","object":{"kind":\n')
                 if kind == "event":
                     if table is not None:
                         b = table_printers.object_table(res.key, b, version=table[0],

@@ -96,15 +96,34 @@ class LabApiClient:
         self.request("POST", "/lab/faults/close-watches", {})
 
     def inject_errors(
-        self, status: int, count: int, *, retry_after: int | None = None, path: str | None = None
+        self,
+        status: int,
+        count: int,
+        *,
+        retry_after: int | None = None,
+        path: str | None = None,
+        continued_only: bool = False,
+        watch_only: bool = False,
     ) -> None:
-        """Answer the next ``count`` API requests (matching ``path``) with ``status``."""
+        """Answer the next ``count`` API requests (matching ``path``) with ``status``.
+
+        ``continued_only``: only requests for a second or later list page;
+        ``watch_only``: only watch requests.
+        """
         body: dict[str, Any] = {"status": status, "count": count}
         if retry_after is not None:
             body["retryAfter"] = retry_after
         if path is not None:
             body["paths"] = path
+        if continued_only:
+            body["continuedOnly"] = True
+        if watch_only:
+            body["watchOnly"] = True
         self.request("POST", "/lab/faults/errors", body)
+
+    def corrupt_events(self, count: int) -> None:
+        """Precede each of the next ``count`` watch events with a line that is not JSON."""
+        self.request("POST", "/lab/faults/corrupt-events", {"count": count})
 
     def pause(self, seconds: float) -> None:
         """Hold every API request arriving in the next ``seconds``."""

@@ -170,3 +170,35 @@ def test_cli_serves_and_writes_kubeconfig(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_errors_only_for_later_list_pages(lab: LabApiServer, core: client.CoreV1Api) -> None:
+    for i in range(5):
+        core.create_namespaced_service(
+            "default", {"metadata": {"name": f"s{i}"}, "spec": {"ports": [{"port": 80}]}}
+        )
+    lab_post(lab, "/lab/faults/errors", {"status": 500, "count": 1, "continuedOnly": True})
+    first = core.list_namespaced_service("default", limit=2)
+    assert len(first.items) == 2 and first.metadata._continue
+    with pytest.raises(ApiException) as info:
+        core.list_namespaced_service("default", limit=2, _continue=first.metadata._continue)
+    assert info.value.status == 500
+    again = core.list_namespaced_service("default", limit=2, _continue=first.metadata._continue)
+    assert len(again.items) == 2
+
+
+def test_corrupt_events_precede_the_next_watch_events(
+    lab: LabApiServer, core: client.CoreV1Api
+) -> None:
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    assert lab_post(lab, "/lab/faults/corrupt-events", {"count": 1}) == {"corrupting": 1}
+    resp = core.list_namespaced_pod("default", watch=True, resource_version=rv,
+                                    timeout_seconds=1, _preload_content=False)
+    core.create_namespaced_pod("default", {"metadata": {"name": "p1"},
+                                           "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    core.create_namespaced_pod("default", {"metadata": {"name": "p2"},
+                                           "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    lines = [line for line in resp.read().decode().splitlines() if line.strip()]
+    with pytest.raises(ValueError):
+        json.loads(lines[0])
+    assert [json.loads(x)["object"]["metadata"]["name"] for x in lines[1:]] == ["p1", "p2"]

@@ -1,0 +1,127 @@
+"""Reliability, case 3: API faults beyond outages and 410s; no rule flap, and the agent converges.
+
+A one-node lab cluster (the lab API server, the real ``netagent run``) with a
+Service over node-1's pods and 520 other Services, so that a list of
+Services takes two pages (the agent pages at 500). While a poller reads the
+node's nat table back to back, the API server:
+
+1. sends a line that is not JSON in front of each of the next watch events
+   (a broken proxy in the path); then a pod is added to the Service;
+2. after a forced relist (watches dropped, history compacted: 410 Gone),
+   fails the relist's *second* page with a 500; meanwhile a Service is added.
+
+Figures: poller readings in which the Service's rules were missing or
+different (target 0), and whether each change reached the kernel afterwards
+(target: yes). The agent's log must name each fault.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netnslab.cluster import ClusterLab
+
+pytestmark = pytest.mark.lab
+
+HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}
+FILLERS = 520
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ClusterLab]:
+    lab = ClusterLab(
+        overlay="none",
+        workdir=tmp_path / "lab",
+        keep_workdir=True,
+        agent_args=["--min-sync-period", "0.2s", "--sync-period", "5s"],
+    )
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+def answers(lab: ClusterLab, ip: str, count: int = 40) -> Counter[str]:
+    results = lab.many_requests("tcp", "client-1", ip, 80, count, timeout=1.0)
+    return Counter(r.reply.split()[0] if r.ok and r.reply else f"<{r.error}>" for r in results)
+
+
+def wait_for_answers(lab: ClusterLab, ip: str, expected: set[str], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while set(got := answers(lab, ip)) != expected:
+        assert time.monotonic() < end, f"{ip}: wanted answers from {expected}, got {got}"
+        time.sleep(0.3)
+
+
+def web_rules(lab: ClusterLab) -> list[str]:
+    text = lab.iptables_save("node-1", "nat")
+    return sorted(line for line in text.splitlines() if "default/web" in line)
+
+
+def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
+    cluster: ClusterLab,
+) -> None:
+    lab = cluster
+    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
+    ip = web["spec"]["clusterIP"]
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    last = None
+    for i in range(FILLERS):
+        last = lab.create_service(f"filler-{i}", {"app": "nothing-here"}, [HTTP])
+    assert last is not None
+    # Services without endpoints are rejected in the filter table, not DNATed.
+    needle = f"{last['spec']['clusterIP']}/32"
+    end = time.monotonic() + 60
+    while needle not in lab.iptables_save("node-1", "filter"):
+        assert time.monotonic() < end, f"{needle} never reached node-1's filter table"
+        time.sleep(0.3)
+    agent = lab.node("node-1").agent
+    assert agent is not None
+
+    stop = threading.Event()
+    readings: list[list[str]] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            readings.append(web_rules(lab))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        # 1. Malformed watch events, then a real change.
+        mark = len(agent.log_text())
+        lab.api.corrupt_events(3)
+        lab.add_pod("echo-1c", "node-1", labels={"app": "echo", "node": "node-1"})
+        agent.wait_for_log(r"malformed event", after=mark, timeout=30)
+        wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"})
+        three = web_rules(lab)
+
+        # 2. A relist whose second page fails once; a Service is added meanwhile.
+        # The Service watch cannot reconnect for three tries while a Service is added
+        # and the history compacted past the agent's version: the watch gets 410 Gone.
+        mark = len(agent.log_text())
+        lab.api.inject_errors(500, 3, path="/api/v1/services", watch_only=True)
+        lab.api.inject_errors(500, 1, path="/api/v1/services", continued_only=True)
+        lab.api.close_watches()
+        late = lab.create_service("late", {"app": "echo", "node": "node-1"}, [HTTP])
+        lab.api.compact()
+        agent.wait_for_log(r"Service watch .*410 Gone", after=mark, timeout=40)
+        agent.wait_for_log(r"Service list .*(500|Internal)", after=mark, timeout=40)
+        agent.wait_for_log(r"Service relisted", after=mark, timeout=40)
+        lab.wait_for_rules("node-1", f"{late['spec']['clusterIP']}/32", timeout=30)
+        wait_for_answers(lab, late["spec"]["clusterIP"], {"echo-1a", "echo-1b", "echo-1c"})
+    finally:
+        stop.set()
+        poller.join(timeout=60)
+    two = readings[0]
+    flaps = [r for r in readings if r not in (two, three)]
+    print(f"{len(readings)} readings of the nat table, {len(flaps)} with web's rules wrong")
+    assert len(readings) >= 10
+    assert not flaps, f"{len(flaps)} readings had other rules for web: {flaps[0]}"
+    assert web_rules(lab) == three
