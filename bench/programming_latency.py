@@ -26,10 +26,19 @@ The agent's sync duration histogram is reported too: the latency of a change
 is bounded by the wait for the next allowed sync (up to ``minSyncPeriod``)
 plus one sync.
 
+With ``--churn F``, a share F of the changes instead deletes a Service (and
+its slice) and creates a new one with a fresh endpoint; the new endpoint's
+appearance is the sample. This is the long-churn run of the reliability
+suite (docs/reliability.md): it also reports the agent's RSS before and
+after the changes and runs ``netagent debug diff`` at the end (exit 0: the
+kernel holds exactly the desired state).
+
 Everything runs inside the lab's namespaces, deleted at the end even on
 failure. Run as root:
 
     .venv/bin/python bench/programming_latency.py --services 1000 --rate 10 --duration 60
+    .venv/bin/python bench/programming_latency.py --services 10000 --rate 10 --duration 600 \
+        --churn 0.2 --out bench/out/long-churn.json
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "netns-lab"))
 
+from netnslab.agent_process import run_netagent  # noqa: E402
 from netnslab.api_http import LabApiClient  # noqa: E402
 from netnslab.cluster import ClusterLab  # noqa: E402
 from netnslab.netns import exec_argv  # noqa: E402
@@ -86,21 +96,41 @@ def slice_body(i: int, ip: str, trigger: float) -> dict[str, Any]:
     }
 
 
+def create_service(api: LabApiClient, i: int, ip: str, trigger: float) -> None:
+    api.create(
+        "/api/v1/namespaces/default/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"bench-{i}", "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+    )
+    api.create(
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        slice_body(i, ip, trigger),
+    )
+
+
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+
+
+def delete_service(api: LabApiClient, i: int) -> None:
+    api.request("DELETE", f"{SLICES}/bench-{i}-manual")
+    api.request("DELETE", f"/api/v1/namespaces/default/services/bench-{i}")
+
+
 def create_objects(api: LabApiClient, services: int) -> None:
     for i in range(services):
-        api.create(
-            "/api/v1/namespaces/default/services",
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": f"bench-{i}", "namespace": "default"},
-                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-            },
-        )
-        api.create(
-            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
-            slice_body(i, endpoint_ip(i), time.time()),
-        )
+        create_service(api, i, endpoint_ip(i), time.time())
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 class KernelPoller(threading.Thread):
@@ -175,6 +205,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of changes")
     parser.add_argument("--min-sync-period", default="1s")
     parser.add_argument(
+        "--churn", type=float, default=0.0,
+        help="share of changes that delete a Service and create a new one",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "out" / "programming_latency.json"
     )
     args = parser.parse_args()
@@ -197,6 +231,8 @@ def main() -> int:
             f"{args.services} services created in {created:.1f}s, in the kernel after {loaded:.1f}s"
         )
         time.sleep(3.0)  # let the initial syncs settle
+        assert node.agent is not None
+        rss_start = rss_mib(node.agent.pid)
 
         poller = KernelPoller(node.ns)
         poller.start()
@@ -205,6 +241,10 @@ def main() -> int:
         changes = int(args.duration * args.rate)
         write_times: dict[str, float] = {}
         current: dict[int, str] = {}
+        last_ip: dict[int, str] = {}
+        live = list(range(args.services))
+        next_index = args.services
+        churned = 0
         superseded: set[str] = set()
         next_at = time.monotonic()
         for n in range(changes):
@@ -212,23 +252,36 @@ def main() -> int:
             if delay > 0:
                 time.sleep(delay)
             next_at += interval
-            i = rng.randrange(args.services)
+            i = rng.choice(live)
             ip = endpoint_ip(args.services + n)
             now = time.time()
             # A Service changed again before its previous change reached the kernel:
             # that earlier endpoint is never programmed (correctly), so it is not a sample.
-            if poller.expect(ip, replaces=current.get(i)):
-                superseded.add(current[i])
-            current[i] = ip
+            if poller.expect(ip, replaces=current.pop(i, None)):
+                superseded.add(last_ip[i])
             write_times[ip] = now
-            path = f"/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/bench-{i}-manual"
-            lab.api.request("PUT", path, slice_body(i, ip, now))
+            if rng.random() < args.churn:
+                delete_service(lab.api, i)
+                live.remove(i)
+                i = next_index
+                next_index += 1
+                live.append(i)
+                create_service(lab.api, i, ip, now)
+                churned += 1
+            else:
+                lab.api.request("PUT", f"{SLICES}/bench-{i}-manual", slice_body(i, ip, now))
+            current[i] = ip
+            last_ip[i] = ip
         deadline = time.time() + 30
         while poller.pending and time.time() < deadline:
             time.sleep(0.1)
         poller.stopping.set()
         poller.join(timeout=30)
         latencies = [poller.seen[ip] - write_times[ip] for ip in poller.seen]
+        time.sleep(3.0)
+        rss_end = rss_mib(node.agent.pid)
+        agent_flags = lab.agent_argv(node)[1:]
+        diff = run_netagent(node.ns, lab.python, ["debug", "diff", *agent_flags], timeout=600)
         missing = len(write_times) - len(latencies) - len(superseded)
         metrics_text = lab.ns_exec(
             "node-1",
@@ -249,6 +302,10 @@ def main() -> int:
             "duration_s": args.duration,
             "min_sync_period": args.min_sync_period,
             "changes": len(write_times),
+            "services_deleted_and_created": churned,
+            "agent_rss_mib": {"start": round(rss_start, 1), "end": round(rss_end, 1),
+                              "growth_percent": round(100 * (rss_end / rss_start - 1), 1)},
+            "debug_diff_exit": diff.returncode,
             "superseded": len(superseded),
             "missing": missing,
             "initial_load_s": round(loaded, 2),
@@ -272,7 +329,9 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
-        return 0 if missing == 0 else 1
+        if diff.returncode != 0:
+            print(diff.log[-3000:], file=sys.stderr)
+        return 0 if missing == 0 and diff.returncode == 0 else 1
     finally:
         lab.down()
 
