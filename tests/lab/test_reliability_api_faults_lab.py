@@ -34,7 +34,10 @@ FILLERS = 520
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ClusterLab]:
+    # One node: the injected faults are counted, and another node's agent would
+    # take some of them.
     lab = ClusterLab(
+        nodes=1,
         overlay="none",
         workdir=tmp_path / "lab",
         keep_workdir=True,
