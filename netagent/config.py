@@ -81,6 +81,8 @@ class AgentConfig:
         min_sync_period: Seconds between two syncs at least (burst limiter).
         sync_period: Seconds between two full syncs at most.
         nodeport_addresses: CIDRs whose local IPs accept NodePorts; empty = all.
+        external_ip_allow_cidrs: CIDRs Service externalIPs may come from
+            (CVE-2020-8554); empty = every externalIP, as kube-proxy.
         masquerade_all: SNAT all traffic sent to service IPs.
         masquerade_bit: fwmark bit requesting masquerade (0-31, default 14).
         localhost_nodeports: Accept NodePorts on 127.0.0.1 (sets route_localnet).
@@ -121,6 +123,7 @@ class AgentConfig:
     min_sync_period: float = 1.0
     sync_period: float = 30.0
     nodeport_addresses: tuple[IPNetwork, ...] = ()
+    external_ip_allow_cidrs: tuple[IPNetwork, ...] = ()
     masquerade_all: bool = False
     masquerade_bit: int = 14
     localhost_nodeports: bool = True
@@ -149,6 +152,7 @@ class AgentConfig:
             masquerade_all=self.masquerade_all,
             masquerade_bit=self.masquerade_bit,
             localhost_nodeports=self.localhost_nodeports,
+            external_ip_allow_cidrs=self.external_ip_allow_cidrs,
         )
 
 

@@ -187,6 +187,21 @@ FIELDS: tuple[FieldSpec, ...] = (
         default_doc="empty = every local address",
     ),
     FieldSpec(
+        "external_ip_allow_cidrs", "externalIPAllowCIDRs", ("--external-ip-allow-cidrs",),
+        v.CIDR_YAML_LIST, NODE,
+        "CIDRs a Service's externalIPs may come from, comma-separated (CVE-2020-8554)",
+        "Only Service `externalIPs` inside these CIDRs are programmed (CVE-2020-8554). An "
+        "externalIP outside them is dropped from its Service, which keeps its other "
+        "addresses, with one warning naming the Service and the address and the gauge "
+        "`netagent_external_ips_rejected`; traffic to that address then reaches whoever "
+        "really owns it. Empty allows every externalIP, as kube-proxy does. **Recommended:** "
+        "set it to the ranges your cluster hands out as externalIPs, so that a user who may "
+        "create Services cannot capture traffic to arbitrary addresses. Once the list is "
+        "set, an IPv6 externalIP needs an IPv6 CIDR in it. loadBalancer ingress IPs are not "
+        "filtered (writing them needs the `services/status` permission).",
+        default_doc="empty = every externalIP",
+    ),
+    FieldSpec(
         "masquerade_all", "iptables.masqueradeAll", ("--masquerade-all",), v.BOOLEAN, NODE,
         "SNAT all traffic sent to Service IPs",
         "Masquerade every packet sent to a ClusterIP, whatever its source.",

@@ -321,6 +321,8 @@ DURATION = ValueType("duration", parse_seconds, dump_seconds)
 IPVS_TIMEOUT = ValueType("whole seconds, 0 = unchanged", parse_ipvs_timeout, _dump_timeout)
 CIDR_LIST = ValueType("CIDR list", parse_cidrs, _cidr_csv)
 NODEPORT_CIDRS = ValueType("CIDR list", parse_nodeport_addresses, _cidr_list)
+#: A CIDR list written back as a YAML list (``externalIPAllowCIDRs``).
+CIDR_YAML_LIST = ValueType("CIDR list", parse_cidrs, _cidr_list)
 BOOLEAN = ValueType("boolean", parse_bool, boolean=True)
 BIND = ValueType("host:port", parse_bind)
 NODE_NAME = ValueType("string", parse_node_name)

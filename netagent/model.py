@@ -266,6 +266,11 @@ class ProxyConfig:
         masquerade_bit: The fwmark bit that requests masquerade (14 → 0x4000).
         localhost_nodeports: Serve NodePorts on 127.0.0.1 (needs
             route_localnet=1 and the martian-packet drop rule).
+        external_ip_allow_cidrs: The only CIDRs a Service's externalIPs may
+            come from (CVE-2020-8554). Empty means every externalIP is
+            programmed, as kube-proxy does. Applied once, in
+            :func:`netagent.state.build_proxy_state`, so every proxy mode
+            sees the same filtered Services.
     """
 
     cluster_cidrs: tuple[IPNetwork, ...] = ()
@@ -273,6 +278,15 @@ class ProxyConfig:
     masquerade_all: bool = False
     masquerade_bit: int = DEFAULT_MASQUERADE_BIT
     localhost_nodeports: bool = True
+    external_ip_allow_cidrs: tuple[IPNetwork, ...] = ()
+
+    def external_ip_allowed(self, ip: IPAddress) -> bool:
+        """Whether a Service may claim ``ip`` as an externalIP (always, with no allow-list)."""
+        if not self.external_ip_allow_cidrs:
+            return True
+        return any(
+            ip.version == net.version and ip in net for net in self.external_ip_allow_cidrs
+        )
 
     @property
     def masquerade_mark(self) -> str:
@@ -281,11 +295,34 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectedExternalIP:
+    """An externalIP that a Service claims but ``externalIPAllowCIDRs`` does not allow.
+
+    One per Service (not per Service port) and address: this is what the
+    agent logs and counts (``netagent_external_ips_rejected``).
+    """
+
+    namespace: str
+    service: str
+    ip: IPAddress
+
+    def sort_key(self) -> tuple[str, str, int, int]:
+        """Namespace, name, then the address (IPv4 first)."""
+        return (self.namespace, self.service, self.ip.version, int(self.ip))
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.service} {self.ip}"
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyState:
     """The desired state for one sync: the input of every renderer.
 
     ``endpoints`` maps each service port to its merged endpoint list, sorted.
     A service port missing from ``endpoints`` has no endpoints.
+    ``rejected_external_ips`` lists the externalIPs of this family that were
+    removed from ``services`` because ``config.external_ip_allow_cidrs``
+    does not allow them (sorted; renderers never read it).
     """
 
     services: dict[ServicePortName, ServicePort]
@@ -293,6 +330,7 @@ class ProxyState:
     node: NodeInfo
     config: ProxyConfig
     family: IPFamily = IPFamily.IPV4
+    rejected_external_ips: tuple[RejectedExternalIP, ...] = ()
 
     def __hash__(self) -> int:  # dicts are not hashable; identity is enough
         return id(self)

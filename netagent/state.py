@@ -25,6 +25,12 @@ Semantics, matched to kube-proxy's service and endpoint-slice caches:
   endpoint without a node name.
 * Endpoint lists are sorted by (ip, port); a Service port with no endpoint is
   absent from ``ProxyState.endpoints``.
+* With ``ProxyConfig.external_ip_allow_cidrs`` set, an externalIP outside
+  those CIDRs is removed from its Service port (CVE-2020-8554: any user who
+  may create a Service could otherwise capture traffic to any address). The
+  rest of the Service is kept; the removed addresses are listed in
+  ``ProxyState.rejected_external_ips`` for the caller to log and count. Doing
+  it here, and nowhere else, gives every proxy mode the same answer.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from netagent.model import (
     Protocol,
     ProxyConfig,
     ProxyState,
+    RejectedExternalIP,
     ServicePort,
     ServicePortName,
 )
@@ -65,6 +72,24 @@ def service_for_family(service: ServicePort, family: IPFamily) -> ServicePort | 
     )
 
 
+def allowed_external_ips(
+    service: ServicePort, config: ProxyConfig
+) -> tuple[ServicePort, tuple[RejectedExternalIP, ...]]:
+    """``service`` without the externalIPs ``config`` does not allow, and those it dropped."""
+    if not config.external_ip_allow_cidrs or not service.external_ips:
+        return service, ()
+    kept = tuple(ip for ip in service.external_ips if config.external_ip_allowed(ip))
+    if len(kept) == len(service.external_ips):
+        return service, ()
+    name = service.name
+    rejected = tuple(
+        RejectedExternalIP(name.namespace, name.name, ip)
+        for ip in service.external_ips
+        if ip not in kept
+    )
+    return replace(service, external_ips=kept), rejected
+
+
 def _preference(endpoint: Endpoint) -> tuple[bool, bool]:
     """Which of two copies of one ip:port to keep: ready first, then local."""
     return (endpoint.ready, endpoint.is_local)
@@ -79,6 +104,7 @@ def build_proxy_state(
 ) -> ProxyState:
     """Merge every Service port and slice into the desired state for ``family``."""
     kept: dict[ServicePortName, ServicePort] = {}
+    rejected: set[RejectedExternalIP] = set()
     for service in services:
         if service.name in kept:
             log.debug("service port %s given twice; keeping the first", service.name)
@@ -87,6 +113,8 @@ def build_proxy_state(
         if narrowed is None:
             log.debug("service port %s has no %s cluster IP", service.name, family.value)
             continue
+        narrowed, refused = allowed_external_ips(narrowed, config)
+        rejected.update(refused)
         kept[service.name] = narrowed
 
     # (namespace, service) -> {(port name, protocol): service port name}
@@ -136,4 +164,5 @@ def build_proxy_state(
         node=node,
         config=config,
         family=family,
+        rejected_external_ips=tuple(sorted(rejected, key=RejectedExternalIP.sort_key)),
     )

@@ -20,6 +20,8 @@ The daemon calls small functions at the points kube-proxy measures:
   times once the rules are in the kernel,
 * :meth:`ProxyMetrics.restore_failed` when iptables-restore fails,
 * :meth:`ProxyMetrics.set_rule_counts` with the rule count per table.
+* :meth:`ProxyMetrics.set_external_ips_rejected` with the externalIPs that
+  ``externalIPAllowCIDRs`` keeps out (netagent's own metric, prefix ``netagent_``).
 
 Pending and total change counts are read at scrape time from the change
 tracker (:meth:`ProxyMetrics.track_changes`), so they are never stale.
@@ -181,6 +183,11 @@ class ProxyMetrics:
             ["table"],
             registry=reg,
         )
+        self.external_ips_rejected = Gauge(
+            "netagent_external_ips_rejected",
+            "Service externalIPs not programmed because externalIPAllowCIDRs does not allow them",
+            registry=reg,
+        )
         self._changes = _ChangeCollector()
         reg.register(self._changes)
         if process_metrics:
@@ -234,6 +241,10 @@ class ProxyMetrics:
         """Rules programmed per table (``sync_proxy_rules_iptables_total{table}``)."""
         for table, count in counts.items():
             self.rule_count.labels(table=table).set(count)
+
+    def set_external_ips_rejected(self, count: int) -> None:
+        """(Service, externalIP) pairs the allow-list currently keeps out of the rules."""
+        self.external_ips_rejected.set(count)
 
     def track_changes(self, source: ChangeCounts) -> None:
         """Report ``source``'s pending/total change counts at every scrape."""

@@ -92,6 +92,9 @@ class Observability:
             self.metrics.set_rule_counts(counts)
         if nft_counts:
             self.metrics.set_nftables_counts(nft_counts)
+        self.metrics.set_external_ips_rejected(
+            len({r for state in states for r in state.rejected_external_ips})
+        )
         self.health.updated()
         self.service_health.sync(health_check_ports(states))
 

@@ -9,9 +9,12 @@ Both are written atomically (a temporary file in the same directory, fsync,
 rename, fsync of the directory), so a runtime reading them never sees half a
 file, even after a crash. The temporary name starts with a dot and ends in
 ``.tmp``, so the runtime, which loads ``*.conf``, ``*.conflist`` and ``*.json``,
-never picks it up. A file whose content is already right is not rewritten:
-the writers return whether they changed anything, and a runtime watching the
-directory is not woken for nothing.
+never picks it up. The files are ``0644`` and owned by the agent; a symlink
+planted at either path (or at a temporary name) is never followed: the
+rename replaces the link, and its target is neither read nor written. A
+file whose content and mode are already right is not rewritten: the writers
+return whether they changed anything, and a runtime watching the directory
+is not woken for nothing.
 
 ``ipMasq`` is off in the bridge plugin: masquerading is netagent's job
 (:mod:`netagent.overlay.masquerade_render`), done once per node and not once
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -92,22 +96,46 @@ def cni_conflist_text(
     return json.dumps(cni_conflist(subnet, mtu, name=name, bridge=bridge), indent=2) + "\n"
 
 
-def atomic_write(path: Path, text: str, *, mode: int = 0o644) -> bool:
-    """Write ``text`` to ``path`` atomically; False (and no write) when it is already there."""
-    path = Path(path)
+def _already_written(path: Path, text: str, mode: int) -> bool:
+    """Whether ``path`` is a regular file (not a symlink) with ``text`` and ``mode``.
+
+    Opened with O_NOFOLLOW, so a symlink planted at ``path`` is never read
+    through: it counts as "not written" and gets replaced by a file.
+    """
     try:
-        if path.read_text() == text:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, a symlink (ELOOP), unreadable: write it
+        return False
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
             return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
+        try:
+            return f.read(len(text.encode()) + 1) == text.encode()
+        except OSError:
+            return False
+
+
+def atomic_write(path: Path, text: str, *, mode: int = 0o644) -> bool:
+    """Write ``text`` to ``path`` atomically; False (and no write) when it is already there.
+
+    The temporary file gets a random name in the same directory, created
+    with O_EXCL (``mkstemp``), so a file or symlink planted under any name
+    is never written through; its mode is set on the open descriptor before
+    the rename. The rename replaces a symlink at ``path`` itself, never its
+    target.
+    """
+    path = Path(path)
+    if _already_written(path, text, mode):
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

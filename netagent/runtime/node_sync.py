@@ -11,6 +11,10 @@ Order inside a sync:
 1. The source yields a :class:`Snapshot` (services, slices, nodes, and the
    trigger times of changes not yet in the kernel).
 2. ``on_own_node`` learns this node's Node (``/healthz`` follows it).
+   Each family's desired state drops the externalIPs that
+   ``externalIPAllowCIDRs`` does not allow; :class:`ExternalIPRejections`
+   logs one warning per newly rejected (Service, address) pair, not one per
+   sync.
 3. The overlay (if any) is reconciled against the Nodes first: its
    masquerade and FORWARD needs (:class:`OverlayRules`) must be known before
    the proxier renders, because they ride in the same atomic apply.
@@ -31,7 +35,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from netagent.config import AgentConfig
-from netagent.model import EndpointSliceInfo, IPFamily, NodeInfo, ProxyState, ServicePort
+from netagent.model import (
+    EndpointSliceInfo,
+    IPFamily,
+    NodeInfo,
+    ProxyState,
+    RejectedExternalIP,
+    ServicePort,
+)
 from netagent.overlay.rules_intent import OverlayRules
 from netagent.proxy.proxier import Proxier, SyncResult
 from netagent.state import build_proxy_state
@@ -126,6 +137,48 @@ def build_states(config: AgentConfig, snapshot: Snapshot) -> list[ProxyState]:
     ]
 
 
+def rejected_external_ips(states: Sequence[ProxyState]) -> frozenset[RejectedExternalIP]:
+    """Every (Service, externalIP) pair the allow-list removed, over all families."""
+    return frozenset(r for state in states for r in state.rejected_external_ips)
+
+
+class ExternalIPRejections:
+    """Logs the externalIPs ``externalIPAllowCIDRs`` rejects, once per change.
+
+    Every sync rebuilds the desired state and so finds the same rejections
+    again; warning on each would repeat the same lines every ``syncPeriod``.
+    Only pairs that were not rejected at the previous sync are logged (a
+    warning), and pairs that stop being rejected (the Service changed or went
+    away) get one info line.
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._allowed = ", ".join(str(n) for n in config.external_ip_allow_cidrs)
+        self.current: frozenset[RejectedExternalIP] = frozenset()
+
+    def update(self, states: Sequence[ProxyState]) -> frozenset[RejectedExternalIP]:
+        """Log what changed since the last call; returns the current rejections."""
+        now = rejected_external_ips(states)
+        for r in sorted(now - self.current, key=RejectedExternalIP.sort_key):
+            log.warning(
+                "service %s/%s: externalIP %s not programmed: outside externalIPAllowCIDRs "
+                "(%s), so the Service cannot capture its traffic (CVE-2020-8554)",
+                r.namespace,
+                r.service,
+                r.ip,
+                self._allowed,
+            )
+        for r in sorted(self.current - now, key=RejectedExternalIP.sort_key):
+            log.info(
+                "service %s/%s: externalIP %s is no longer claimed outside externalIPAllowCIDRs",
+                r.namespace,
+                r.service,
+                r.ip,
+            )
+        self.current = now
+        return now
+
+
 def log_sync(state: ProxyState, result: SyncResult) -> None:
     """One line per applied family: what was written and how long it took."""
     log.info(
@@ -161,6 +214,7 @@ class NodeSync:
         self.last_snapshot: Snapshot | None = None
         self._factory = proxier_factory
         self.on_own_node = on_own_node
+        self.external_ip_rejections = ExternalIPRejections(config)
         self._lock = threading.Lock()
 
     def proxier(self, family: IPFamily) -> Proxier:
@@ -180,6 +234,7 @@ class NodeSync:
             overlay = self.network.rules_intent()
             results: list[SyncResult] = []
             states = build_states(self.config, snapshot)
+            self.external_ip_rejections.update(states)
             for state in states:
                 intent = overlay if state.family is IPFamily.IPV4 else None
                 result = self.proxier(state.family).sync(state, full=full, overlay=intent)

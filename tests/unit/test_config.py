@@ -339,6 +339,7 @@ def test_config_to_dict_of_the_defaults() -> None:
         "clusterCIDR": "",
         "mode": "iptables",
         "nodePortAddresses": [],
+        "externalIPAllowCIDRs": [],
         "manifestsDir": None,
         "legacyEndpoints": False,
         "minSyncPeriod": "1s",

@@ -123,6 +123,7 @@ FLAG_EXAMPLES = {
     "ipvs_tcp_fin_timeout": ("0", "0s"),
     "ipvs_udp_timeout": ("45", "45s"),
     "nodeport_addresses": ("192.0.2.0/24", ["192.0.2.0/24"]),
+    "external_ip_allow_cidrs": ("198.51.100.0/24", ["198.51.100.0/24"]),
     "masquerade_all": (True, True),
     "masquerade_bit": ("3", 3),
     "localhost_nodeports": (False, False),

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +112,112 @@ def test_remove_files(tmp_path: Path) -> None:
     assert remove_files([a, missing]) == [a]
     assert not a.exists()
     assert remove_files([a]) == []
+
+
+# ---- safe writes: modes, temp files, planted symlinks ------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["subnet_env", "conflist"])
+def test_written_files_are_0644_and_the_temp_file_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    temps: list[str] = []
+    real_mkstemp = cni_files.tempfile.mkstemp
+
+    def recording_mkstemp(**kwargs: Any) -> tuple[int, str]:
+        fd, name = real_mkstemp(**kwargs)
+        temps.append(name)
+        return fd, name
+
+    monkeypatch.setattr(cni_files.tempfile, "mkstemp", recording_mkstemp)
+    old_umask = os.umask(0o000)  # the most permissive umask: the mode must not depend on it
+    try:
+        path = tmp_path / "d" / "target"
+        if writer == "subnet_env":
+            write_subnet_env(path, NET, SUB, 1450, True)
+        else:
+            write_cni_conflist(path, SUB, 1450)
+    finally:
+        os.umask(old_umask)
+    st = path.lstat()
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    assert len(temps) == 1
+    temp = Path(temps[0])
+    assert temp.parent == path.parent  # same directory, so the rename is atomic
+    assert temp.name.startswith(".target.") and temp.name.endswith(".tmp")
+    assert not temp.exists()
+    assert os.listdir(path.parent) == ["target"]
+
+
+def test_a_symlink_planted_at_the_path_is_replaced_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    path = tmp_path / "subnet.env"
+    path.symlink_to(victim)
+    assert write_subnet_env(path, NET, SUB, 1450, True) is True
+    assert not path.is_symlink()
+    assert stat.S_ISREG(path.lstat().st_mode)
+    assert path.read_text() == subnet_env_text(NET, SUB, 1450, True)
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_a_symlink_to_a_file_with_the_right_content_is_still_replaced(tmp_path: Path) -> None:
+    """Reading through the link would find "already written" and leave the link in place."""
+    text = subnet_env_text(NET, SUB, 1450, True)
+    decoy = tmp_path / "decoy"
+    decoy.write_text(text)
+    path = tmp_path / "subnet.env"
+    path.symlink_to(decoy)
+    assert write_subnet_env(path, NET, SUB, 1450, True) is True
+    assert not path.is_symlink()
+    assert path.read_text() == text
+    assert write_subnet_env(path, NET, SUB, 1450, True) is False  # now it is ours
+
+
+def test_a_dangling_symlink_or_a_directory_link_is_not_written_through(tmp_path: Path) -> None:
+    path = tmp_path / "10-netagent.conflist"
+    elsewhere = tmp_path / "elsewhere" / "created-by-link"
+    path.symlink_to(elsewhere)  # dangling: following it would create this file
+    assert write_cni_conflist(path, SUB, 1450) is True
+    assert not path.is_symlink()
+    assert not elsewhere.exists()
+    assert not elsewhere.parent.exists()
+
+
+def test_a_wrong_mode_is_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "subnet.env"
+    write_subnet_env(path, NET, SUB, 1450, True)
+    path.chmod(0o666)
+    assert write_subnet_env(path, NET, SUB, 1450, True) is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_symlink_planted_at_the_temp_name_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkstemp creates with O_EXCL, which fails on any existing name, symlinks included.
+
+    The temp name is random; to plant a link at it, the test makes the name
+    predictable by feeding tempfile its candidate names (a private helper).
+    """
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    planted = tmp_path / ".subnet.env.guessed.tmp"
+    planted.symlink_to(victim)
+    dangling = tmp_path / ".subnet.env.dangling.tmp"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    names = iter(["guessed", "dangling", "fresh"])
+    monkeypatch.setattr(cni_files.tempfile, "_get_candidate_names", lambda: names)
+    path = tmp_path / "subnet.env"
+    assert write_subnet_env(path, NET, SUB, 1450, True) is True
+    assert path.read_text() == subnet_env_text(NET, SUB, 1450, True)
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "would-be-created").exists()
+    # The planted links are someone else's; they stay as they were.
+    assert planted.is_symlink() and dangling.is_symlink()
+    assert not (tmp_path / ".subnet.env.fresh.tmp").exists()
