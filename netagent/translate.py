@@ -89,7 +89,8 @@ _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _SLOPPY_IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
 _RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?P<frac>\.\d+)?(?P<tz>[Zz]|[+-]\d{2}:\d{2})"
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?P<frac>\.\d+)?(?P<tz>[Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,  # \d is 0-9 only, not every script's digits
 )
 _SAFE_DISPLAY = re.compile(r"[!#-~]+")  # printable ASCII without space or '"'
 
@@ -623,7 +624,11 @@ def _trigger_time(annotations: Mapping[str, Any], ref: _Ref) -> float:
         frac = match.group("frac")
         if frac and len(frac) > 7:  # fromisoformat takes at most microseconds
             text = text.replace(frac, frac[:7], 1)
-        when = datetime.datetime.fromisoformat(text)
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:  # shaped like a time but not one: month 13, offset +99:00, ...
+            log.debug("EndpointSlice %s/%s: ignoring trigger time %r", ref.namespace, ref.name, raw)
+            return 0.0
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     return when.timestamp()

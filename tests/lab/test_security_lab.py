@@ -269,3 +269,38 @@ def test_a_load_balancer_ip_local_to_the_node_follows_the_node_ips_range(
     assert all(r.ok and who(r.reply) in PODS for r in admitted), admitted
     # Still no way in for an unlisted pod.
     assert not lab.tcp_probe("client", LB_IP, 80, timeout=1.5).ok
+
+
+def test_overlapping_source_ranges_are_programmed_and_still_filter(
+    proxy_lab: SingleNodeLab,
+) -> None:
+    """Ranges that overlap (legal in the API) used to fail the whole nftables sync (fuzz find).
+
+    nft refuses overlapping intervals of one key in a concatenated interval set;
+    the render now collapses them, and the union is what filters.
+    """
+    lab = proxy_lab
+    ranges = (f"{OUTSIDE_IP}/32", "192.0.2.0/24", "192.0.2.0/25", "192.0.0.0/16")
+    lab.write_manifests(services=[lb(ranges)], endpoints={"lb": list(PODS)})
+    lab.run_agent().check()
+    admitted = lab.many_tcp_requests("outside", LB_IP, 80, 5)
+    assert all(r.ok and who(r.reply) in PODS for r in admitted), admitted
+    assert not lab.tcp_probe("client", LB_IP, 80, timeout=1.5).ok
+
+
+def test_a_range_of_every_address_admits_everyone_and_leaves_no_drift(
+    proxy_lab: SingleNodeLab,
+) -> None:
+    """``0.0.0.0/0`` among the ranges: iptables-save omits ``-s 0.0.0.0/0`` (fuzz find).
+
+    Rendered with ``-s``, the rule read back from the kernel never matched the
+    desired text, so ``netagent debug diff`` reported a difference forever.
+    """
+    lab = proxy_lab
+    lab.write_manifests(services=[lb(("10.0.0.0/8", "0.0.0.0/0"))], endpoints={"lb": list(PODS)})
+    lab.run_agent().check()
+    for ns in ("outside", "client"):
+        results = lab.many_tcp_requests(ns, LB_IP, 80, 3)
+        assert all(r.ok and who(r.reply) in PODS for r in results), (ns, results)
+    diff = lab.netagent(["debug", "diff", *lab.agent_args(lab.manifest_dir, once=False)[1:]])
+    assert diff.returncode == 0, diff.log

@@ -182,6 +182,21 @@ REFUSED: list[tuple[str, str, str]] = [
         "File exists",
     ),
     ("set without a key type", f"add set {T} bare {{ flags interval; }}", "does not specify key"),
+    # nft 1.0.6 on kernel 6.18, checked in a namespace: overlapping intervals are refused
+    # (by nft in a plain set, by the kernel for one concatenated key); identical and
+    # adjacent ones are accepted.
+    (
+        "interval inside an existing one",
+        f"add element {T} nets {{ 10.1.2.0/24 }}",
+        "interval overlaps with an existing one",
+    ),
+    (
+        "concatenated intervals overlapping",
+        f"add set {T} fw {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; "
+        "flags interval; elements = { 1.1.1.1 . tcp . 80 . 0.0.0.0/0, "
+        "1.1.1.1 . tcp . 80 . 10.0.0.0/8 }; }",
+        "File exists",
+    ),
     (
         "base chain, other hook",
         f"add chain {T} filt {{ type filter hook output priority -10; policy accept; }}",
@@ -234,6 +249,14 @@ ACCEPTED: list[tuple[str, str]] = [
     (
         "one key twice in one command, same value",
         f"add element {T} svc {{ 10.9.9.9 . tcp . 1 : goto sep-a, 10.9.9.9 . tcp . 1 : goto sep-a }}",
+    ),
+    ("interval again, identical", f"add element {T} nets {{ 10.0.0.0/8 }}"),
+    ("adjacent interval", f"add element {T} nets {{ 11.0.0.0/8 }}"),
+    (
+        "concatenated intervals of different keys",
+        f"add set {T} fw {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; "
+        "flags interval; }\n"
+        f"add element {T} fw {{ 1.1.1.1 . tcp . 80 . 0.0.0.0/0, 1.1.1.1 . tcp . 81 . 10.0.0.0/8 }}",
     ),
     ("table again", f"add table {T}"),
     ("chain again", f"add chain {T} sep-a"),

@@ -135,6 +135,26 @@ def test_render_is_deterministic_and_local_policy_uses_local_endpoints() -> None
     assert elements["hairpin"] == {"10.244.0.5 . 10.244.0.5": ""}
 
 
+def test_overlapping_source_ranges_are_collapsed_so_nft_accepts_them() -> None:
+    """The API lets ranges overlap; nft refuses overlapping intervals of one key (fuzz find)."""
+    state = small_state()
+    lb = ServicePortName("default", "lb", "")
+    ranges = (net("0.0.0.0/0"), net("10.0.0.0/8"), net("203.0.113.0/24"), net("203.0.113.7/32"))
+    services = dict(state.services)
+    services[lb] = replace(services[lb], load_balancer_source_ranges=ranges)
+    wide = replace(state, services=services)
+    assert render_nftables(wide).elements()["firewall-allow"] == {
+        "198.51.100.20 . tcp . 443 . 0.0.0.0/0": ""
+    }
+    services[lb] = replace(
+        services[lb],
+        load_balancer_source_ranges=(net("10.0.0.0/9"), net("10.128.0.0/9"), net("10.1.0.0/16")),
+    )
+    merged = render_nftables(replace(state, services=services))
+    assert merged.elements()["firewall-allow"] == {"198.51.100.20 . tcp . 443 . 10.0.0.0/8": ""}
+    FakeNft().run(full_transaction(render_nftables(wide)).payload)  # the fake refuses overlaps
+
+
 @pytest.mark.parametrize(
     ("before", "after", "moved"),
     [

@@ -456,6 +456,12 @@ def test_ipv6_slice() -> None:
         ("2024-05-01T14:00:00+02:00", 1714564800.0),
         ("yesterday", 0.0),
         (None, 0.0),
+        # Shaped like a time but not one (annotations are never validated; found by fuzzing:
+        # these used to raise ValueError out of the boundary and fail the whole sync).
+        ("2026-13-45T25:61:61Z", 0.0),
+        ("2026-02-30T00:00:00Z", 0.0),
+        ("2026-01-02T03:04:05+99:00", 0.0),
+        ("\u0662\u0660\u0662\u0666-01-02T03:04:05Z", 0.0),  # Arabic-Indic digits
     ],
 )
 def test_trigger_time(value: str | None, expected: float) -> None:

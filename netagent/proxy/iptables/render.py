@@ -337,8 +337,8 @@ def _render_service(
             chains.append((ext_chain, tuple(ext_rules)))
         if uses_fw:
             fw_rules = [
-                f'-A {fw_chain} -s {src} -m comment --comment "{name} loadbalancer source range"'
-                f" -j {ext_chain}"
+                f"-A {fw_chain}{_source_match(src)} -m comment"
+                f' --comment "{name} loadbalancer source range" -j {ext_chain}'
                 for src in source_ranges
             ]
             ranges = [n for n in svc.load_balancer_source_ranges if n.version == v]
@@ -531,6 +531,17 @@ def _same(old: object, new: object) -> bool:
 
 def _sort_key(spn: ServicePortName) -> tuple[str, str, str]:
     return (spn.namespace, spn.name, spn.port)
+
+
+def _source_match(cidr: str) -> str:
+    """`` -s CIDR``, or nothing for a ``/0`` range.
+
+    A range of every address matches without ``-s``, and iptables-save
+    prints such a rule without it; rendering ``-s 0.0.0.0/0`` would leave
+    the kernel's text different from the desired one forever (``debug
+    diff``, the drift check). Found by fuzzing.
+    """
+    return "" if cidr.endswith("/0") else f" -s {cidr}"
 
 
 def render_iptables(state: ProxyState) -> RenderedIptables:

@@ -34,15 +34,21 @@ match. Semantics modelled, as checked on nftables 1.0.6:
   applied as nft expands it: its chains, then its sets and maps, then the
   chains' rules.
 
-Elements are keyed by their whitespace-normalised text; the kernel's own
-normalisation (interval merging, ``0x4000`` -> ``0x00004000``, priority names,
-hash order of elements) is not modelled.
+Elements are keyed by their whitespace-normalised text. In a set with
+``flags interval``, an element whose address intervals overlap an existing
+element's without being equal to it is refused as nft 1.0.6 refuses it:
+``interval overlaps with an existing one`` in a plain interval set,
+``File exists`` in a concatenated one (an identical element again, or an
+adjacent one, is accepted). The kernel's own normalisation (interval
+merging, ``0x4000`` -> ``0x00004000``, priority names, hash order of
+elements) is not modelled.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -82,6 +88,7 @@ _PRIORITY_RE = re.compile(r"^(?P<name>[a-z]+)?\s*(?:(?P<sign>[+-])?\s*(?P<num>\d
 
 ENOENT = "No such file or directory"
 EEXIST = "File exists"
+OVERLAP = "interval overlaps with an existing one"
 EBUSY = "Device or resource busy"
 
 
@@ -475,6 +482,14 @@ class _Transaction:
                 raise _Refused(item_line, _kernel(ENOENT))
             if found.elements.get(key, value) != value:
                 raise _Refused(item_line, _kernel(EEXIST))
+            if (
+                key not in found.elements
+                and "interval" in _flags(found.decl)
+                and any(_intervals_overlap(key, other) for other in found.elements)
+            ):
+                # nft itself checks a plain interval set; the kernel a concatenated one.
+                single = " . " not in key
+                raise _Refused(item_line, OVERLAP if single else _kernel(EEXIST))
             found.elements[key] = value
 
     def _delete_elements(self, table: _Table, name: str, items: list[_Item], line: int) -> None:
@@ -644,3 +659,31 @@ class FakeNft:
             f"{source}\n{'^' * width}\n"
         )
         return nft_error(stderr, payload)
+
+
+def _interval(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """An address or CIDR component of an element as a network; None for anything else."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def _intervals_overlap(key: str, other: str) -> bool:
+    """Whether two distinct interval-set keys cover a common point (what nft refuses).
+
+    Components are compared position by position (``a . b . c``): addresses
+    and CIDRs as intervals, everything else as text.
+    """
+    mine, theirs = key.split(" . "), other.split(" . ")
+    if len(mine) != len(theirs) or key == other:
+        return False
+    for a, b in zip(mine, theirs, strict=True):
+        if a == b:
+            continue
+        net_a, net_b = _interval(a), _interval(b)
+        if net_a is None or net_b is None or net_a.version != net_b.version:
+            return False
+        if not net_a.overlaps(net_b):
+            return False
+    return True

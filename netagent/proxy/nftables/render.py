@@ -611,11 +611,17 @@ def render_fragment(
                 elements.append((NO_ENDPOINT_SERVICES, key, DROP))
             if kind == "load balancer IP" and source_ranges:
                 elements.append((FIREWALL_IPS, key, ""))
-                allowed = [_net_text(n) for n in source_ranges]
+                allowed = list(source_ranges)
                 if any(a in n for n in source_ranges for a in ctx.node_addresses):
                     # The node's own requests to a VIP-style LB address carry it as source.
-                    allowed.append(_addr(ip))
-                elements += [(FIREWALL_ALLOW, f"{key} . {src}", "") for src in allowed]
+                    allowed.append(ipaddress.ip_network(ip))
+                # Collapsed: nft refuses overlapping intervals in a concatenated interval
+                # set ("File exists"), and the API lets ranges overlap (0.0.0.0/0 with
+                # 10.0.0.0/8, or a range holding the LB address); found by fuzzing.
+                elements += [
+                    (FIREWALL_ALLOW, f"{key} . {_net_text(net)}", "")
+                    for net in ipaddress.collapse_addresses(allowed)  # type: ignore[type-var]
+                ]
         frontends.append(Frontend(key, kind, verdict, tuple(elements), reached))
 
     # The node port.
