@@ -10,7 +10,9 @@
 #
 # Environment: CI is passed into the guest. NETAGENT_VM_TIMEOUT (seconds, default 900) bounds
 # the whole VM run. NETAGENT_VM_OUT (default .vm-out/ in the repo) receives junit.xml and
-# console.log. NETAGENT_VM_CACHE (default /var/cache/netagent-vm) keeps the kernel.
+# console.log. NETAGENT_VM_CACHE (default /var/cache/netagent-vm) keeps the kernel. The guest
+# gets NETAGENT_LAB_PATIENCE=4: TCG is slow, so the lab's waits for the agent stretch
+# (netns-lab/netnslab/patience.py); waits that bound a refusal do not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -40,6 +42,7 @@ vm run --cwd "$REPO" --timeout "$TIMEOUT" --out "$OUT" --log "$OUT/console.log" 
   --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env HOME=/root --env LANG=C.UTF-8 --env TERM=dumb --env COLUMNS=120 \
   --env PYTHONUNBUFFERED=1 --env PYTHONDONTWRITEBYTECODE=1 --env NETAGENT_IN_VM=1 \
+  --env NETAGENT_LAB_PATIENCE=4 \
   --pass-env CI --pass-env NETAGENT_LAB_PROXY_MODES \
   -- "$PY" -m pytest -p no:cacheprovider --junitxml="$OUT/junit.xml" "$@" || rc=$?
 case "$rc" in

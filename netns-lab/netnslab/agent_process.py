@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netnslab.netns import exec_argv
+from netnslab.patience import patience
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class AgentRun:
 
 
 def run_netagent(ns: str, python: str, args: Sequence[str], *, timeout: float = 60.0) -> AgentRun:
-    """Run one netagent command in ``ns`` to completion."""
+    """Run one netagent command in ``ns`` to completion (``timeout`` stretched by patience)."""
+    timeout = patience(timeout)
     argv = exec_argv(ns, netagent_argv(python, args))
     try:
         proc = subprocess.run(
@@ -115,9 +117,10 @@ class AgentHandle:
         """Wait for a log line matching regex ``pattern`` at or after offset ``after``.
 
         Returns the line; raises TimeoutError (with the log) when none came or
-        the agent exited first.
+        the agent exited first. ``timeout`` is stretched by the lab's patience.
         """
         regex = re.compile(pattern)
+        timeout = patience(timeout)
         end = time.monotonic() + timeout
         while True:
             text = self.log_text()[after:]

@@ -49,6 +49,7 @@ from netnslab import (
     LabServicePort,
     SingleNodeLab,
 )
+from netnslab.patience import patience
 
 pytestmark = pytest.mark.lab
 
@@ -69,7 +70,12 @@ def sync_once(
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``predicate`` every 100 ms; fail naming ``what`` after ``timeout`` seconds."""
+    """Poll ``predicate`` every 100 ms; fail naming ``what`` after ``timeout`` seconds.
+
+    The wait is for the agent to get somewhere, so it is stretched by the lab's
+    patience (the TCG VM is several times slower than the host).
+    """
+    timeout = patience(timeout)
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
