@@ -65,6 +65,10 @@ __all__ = [
 #: netagent's own file.
 API_VERSION = "netagent.io/v1alpha1"
 KIND = "NetagentConfiguration"
+#: Bounds of ``clientConnection.minWatchTimeout``: below a second every watch
+#: would be a reconnect; above an hour a silently dead watch goes unnoticed too long.
+MIN_WATCH_TIMEOUT = 1.0
+MAX_WATCH_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,10 @@ class AgentConfig:
         master: API server URL; overrides the kubeconfig's server (like
             kube-proxy's ``--master``), with no credentials when alone.
         legacy_endpoints: Watch core/v1 Endpoints instead of EndpointSlices.
+        min_watch_timeout: Seconds; each watch asks the API server to end it
+            after a random time between this and twice this (client-go's
+            ``MinWatchTimeout``), and a watch silent for longer (plus a margin)
+            is given up as dead.
         overlay_backend: ``none`` (proxy only), ``vxlan`` or ``host-gw``.
         overlay_iface: Underlay interface (default: the default route's).
         overlay_public_ip: Underlay IP published to peers (default: the
@@ -132,6 +140,7 @@ class AgentConfig:
     kubeconfig: Path | None = None
     master: str | None = None
     legacy_endpoints: bool = False
+    min_watch_timeout: float = 300.0
     overlay_backend: str = "none"
     overlay_iface: str | None = None
     overlay_public_ip: ipaddress.IPv4Address | None = None
@@ -311,6 +320,12 @@ def _check_together(config: AgentConfig, keys: Mapping[str, str]) -> None:
         raise ConfigError(
             key("min_sync_period"),
             f"{config.min_sync_period}s is longer than {key('sync_period')} {config.sync_period}s",
+        )
+    if not MIN_WATCH_TIMEOUT <= config.min_watch_timeout <= MAX_WATCH_TIMEOUT:
+        raise ConfigError(
+            key("min_watch_timeout"),
+            f"{config.min_watch_timeout}s is outside {MIN_WATCH_TIMEOUT:.0f}s to "
+            f"{MAX_WATCH_TIMEOUT:.0f}s",
         )
     if config.overlay_backend != "none":
         v4 = [c for c in config.cluster_cidrs if c.version == 4]

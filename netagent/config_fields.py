@@ -251,6 +251,19 @@ FIELDS: tuple[FieldSpec, ...] = (
         former="master",
     ),
     FieldSpec(
+        "min_watch_timeout", "clientConnection.minWatchTimeout", ("--min-watch-timeout",),
+        v.DURATION, SOURCE,
+        "each watch lasts between this and twice this; a silent one is dropped after it",
+        "Each watch asks the API server to end it after a random time between this and twice "
+        "this, as client-go's reflector does (there it is `MinWatchTimeout`), so a fleet of "
+        "agents does not reconnect in step. It also bounds how long a watch that went silent "
+        "(a load balancer or NAT that dropped the connection without a reset) goes unnoticed: "
+        "the agent gives up on a watch that sent nothing for its timeout plus a margin "
+        "(half of this, at most 30 s) and resumes it from the last resourceVersion it saw. "
+        "Lower it behind a load balancer whose idle timeout is shorter than 10 minutes "
+        "(for example 350 s on an AWS NLB). Between 1 s and 1 h.",
+    ),
+    FieldSpec(
         "legacy_endpoints", "legacyEndpoints", ("--legacy-endpoints",), v.BOOLEAN, SOURCE,
         "watch core/v1 Endpoints instead of EndpointSlices (very old clusters)",
         "Watch core/v1 Endpoints instead of discovery/v1 EndpointSlices, for very old clusters.",

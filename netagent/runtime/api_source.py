@@ -136,7 +136,7 @@ async def run_api(
         tracker.on_change,
         legacy_endpoints=config.legacy_endpoints,
         watch_nodes=True,
-        settings=watch_settings,
+        settings=watch_settings or WatchSettings.for_min_timeout(config.min_watch_timeout),
     )
     observe = observability_for(config)
     source = ApiSource(tracker)

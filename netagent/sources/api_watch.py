@@ -34,7 +34,14 @@ How the API is read, and why:
 * **Resuming.** A watch that ends (timeout, dropped connection, server
   error) resumes from the last resourceVersion seen (events and bookmarks
   advance it), without a list and without re-emitting anything. Only a
-  410 Gone (HTTP 410, or an ERROR event with code 410) forces a relist.
+  410 Gone (HTTP 410, or an ERROR event with code 410) forces a relist, and
+  so does a 504 "Too large resource version": the server's versions went
+  backwards (etcd restored from a backup), so resuming could never succeed.
+* **Silent watches.** A watch whose connection died without a FIN or reset
+  (a load balancer's idle timeout, a NAT entry that expired) sends nothing.
+  The client-side read timeout (the watch's own timeout plus a margin) gives
+  up on it; the reflector then resumes from the last resourceVersion, and
+  the events of the silent period arrive with the new watch.
 * **Relist replaces, it does not flap.** A relist builds a new cache from the
   complete list and emits only the differences against the old one:
   additions, real updates and deletions. Nothing is emitted for objects that
@@ -107,6 +114,10 @@ NODE = "Node"
 ENDPOINTS = "Endpoints"
 
 _GONE = 410
+_GATEWAY_TIMEOUT = 504
+#: The cause an API server's watch cache gives when asked for a resourceVersion
+#: newer than any it has: after an etcd restore, the versions went backwards.
+_TOO_LARGE_CAUSE = "ResourceVersionTooLarge"
 _TOO_MANY_REQUESTS = 429
 _MAX_RETRY_AFTER = 300.0
 _SHORT_WATCH = 1.0  # a watch that ends sooner than this, empty, counts as a failure
@@ -256,6 +267,11 @@ class WatchSettings:
     backoff_jitter: float = 0.5
     backoff_reset_after: float = 60.0
 
+    @classmethod
+    def for_min_timeout(cls, seconds: float) -> WatchSettings:
+        """For `clientConnection.minWatchTimeout` s: watches of [s, 2s], margin min(s/2, 30)."""
+        return cls(watch_timeout=(seconds, 2 * seconds), read_margin=min(30.0, seconds / 2))
+
     def __post_init__(self) -> None:
         low, high = self.watch_timeout
         if not 1 <= low <= high:
@@ -352,6 +368,39 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _too_large_resource_version(status: object) -> bool:
+    """Whether a Status (a watch ERROR object or an error body) says "Too large resource version".
+
+    The watch cache answers a watch from a version it has not reached with 504
+    and the cause ``ResourceVersionTooLarge`` (after waiting a few seconds for
+    it). Resuming from that version again can never work once the server's
+    versions went backwards (etcd restored from a backup); only a relist does,
+    which is also what client-go's reflector ends up doing.
+    """
+    if not isinstance(status, Mapping) or status.get("code") != _GATEWAY_TIMEOUT:
+        return False
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, Mapping) else None
+    if isinstance(causes, list) and any(
+        isinstance(c, Mapping) and c.get("reason") == _TOO_LARGE_CAUSE for c in causes
+    ):
+        return True
+    return "too large resource version" in str(status.get("message") or "").lower()
+
+
+def _error_status(exc: ApiException) -> object:
+    """The Status object of an error response's body, or None."""
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     meta = obj.get("metadata")
     return meta if isinstance(meta, Mapping) else {}
@@ -405,6 +454,7 @@ class WatchStats:
     lists: int = 0
     list_failures: int = 0
     relists_after_gone: int = 0
+    relists_after_too_large: int = 0
     watches: int = 0
     watch_failures: int = 0
     events: int = 0
@@ -415,7 +465,7 @@ class WatchStats:
 
 @dataclass(frozen=True, slots=True)
 class _WatchEnd:
-    reason: Literal["closed", "gone", "error", "stopped"]
+    reason: Literal["closed", "gone", "too-large", "error", "stopped"]
     detail: str = ""
     retry_after: float | None = None
     events: int = 0
@@ -564,6 +614,16 @@ class Reflector(Generic[T]):
                 )
                 self.stats.relists_after_gone += 1
                 need_list = True
+            if end.reason == "too-large":
+                log.warning(
+                    "%s watch from resourceVersion %s: the API server has not reached that "
+                    "version (%s); its versions went backwards (etcd restored?); relisting",
+                    self.kind,
+                    self._resource_version,
+                    end.detail,
+                )
+                self.stats.relists_after_too_large += 1
+                need_list = True
             short = end.events == 0 and end.seconds < _SHORT_WATCH
             if end.reason == "error" or short:
                 self.stats.watch_failures += 1
@@ -699,6 +759,8 @@ class Reflector(Generic[T]):
             seconds = self._clock() - started
             if exc.status == _GONE:
                 return _WatchEnd("gone", _describe(exc), seconds=seconds)
+            if exc.status == _GATEWAY_TIMEOUT and _too_large_resource_version(_error_status(exc)):
+                return _WatchEnd("too-large", _describe(exc), seconds=seconds)
             return _WatchEnd("error", _describe(exc), _retry_after(exc), seconds=seconds)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             return _WatchEnd("error", _describe(exc), seconds=self._clock() - started)
@@ -755,6 +817,8 @@ class Reflector(Generic[T]):
             retry = details.get("retryAfterSeconds") if isinstance(details, Mapping) else None
             if code == _GONE:
                 return _WatchEnd("gone", message)
+            if _too_large_resource_version(obj):
+                return _WatchEnd("too-large", message)
             return _WatchEnd(
                 "error",
                 f"sent ERROR {code}: {message}",

@@ -36,6 +36,7 @@ class Faults:
         self._lock = threading.Lock()
         self._errors: list[ErrorFault] = []
         self._corrupt_events = 0
+        self._silence_epoch = 0
         self._pause_until = 0.0
         self._resumed = threading.Condition(self._lock)
         self._log: deque[dict[str, Any]] = deque(maxlen=log_size)
@@ -93,6 +94,22 @@ class Faults:
                 return False
             self._corrupt_events -= 1
             return True
+
+    # -- silent watches -------------------------------------------------------------
+
+    def silence_watches(self) -> int:
+        """Every watch open now goes silent: no event, no bookmark, no end, until the
+        client gives up on it, as when a load balancer or NAT on the way dropped the
+        connection without a reset. Watches opened later are normal. Returns the epoch."""
+        with self._lock:
+            self._silence_epoch += 1
+            return self._silence_epoch
+
+    @property
+    def silence_epoch(self) -> int:
+        """Bumped by each :meth:`silence_watches`; a watch started in an older epoch is silent."""
+        with self._lock:
+            return self._silence_epoch
 
     # -- pauses ---------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from labapi.store import Store
 
 LOG = logging.getLogger(__name__)
 JSON = "application/json"
+#: Longest a silenced watch holds its connection (seconds).
+SILENT_WATCH_LIMIT = 600.0
 
 
 class LabHTTPServer(ThreadingHTTPServer):
@@ -50,6 +52,8 @@ class LabHTTPServer(ThreadingHTTPServer):
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.closing = False
+        #: The last ``/lab/snapshot`` (an etcd backup), for ``/lab/restore``.
+        self.snapshot: dict[str, Any] | None = None
         super().__init__(address, Handler)
 
 
@@ -249,6 +253,16 @@ class Handler(BaseHTTPRequestHandler):
             faults.clear_errors()
             faults.resume()
             self._send(200, {"cleared": True})
+        elif path == "/lab/faults/silence-watches" and method == "POST":
+            self._send(200, {"silenced": store.watcher_count(),
+                             "epoch": faults.silence_watches()})
+        elif path == "/lab/snapshot" and method == "POST":
+            self.server.snapshot = store.snapshot()
+            self._send(200, {"resourceVersion": str(self.server.snapshot["rv"])})
+        elif path == "/lab/restore" and method == "POST":
+            if self.server.snapshot is None:
+                raise ApiError(409, "no snapshot to restore: POST /lab/snapshot first", "Conflict")
+            self._send(200, {"resourceVersion": str(store.restore(self.server.snapshot))})
         elif path == "/lab/compact" and method == "POST":
             self._send(200, {"compactedResourceVersion": str(store.compact())})
         elif path == "/lab/requests" and method == "GET":
@@ -455,9 +469,13 @@ class Handler(BaseHTTPRequestHandler):
         self._status = 200
         interval = self.server.bookmark_interval
         deadline = time.monotonic() + timeout
+        epoch = self.server.faults.silence_epoch
         next_bookmark = time.monotonic() + interval
         try:
             while True:
+                if self.server.faults.silence_epoch != epoch:
+                    self._stay_silent()
+                    return
                 now = time.monotonic()
                 if now >= deadline:
                     if bookmarks:
@@ -479,6 +497,9 @@ class Handler(BaseHTTPRequestHandler):
                             self._bookmark(res, rv, table)
                         next_bookmark = time.monotonic() + interval
                     continue
+                if self.server.faults.silence_epoch != epoch:
+                    self._stay_silent()  # silenced while waiting: this item is never sent
+                    return
                 kind, a, b = item
                 if kind == "event" and self.server.faults.take_corrupt_event():
                     self._write_chunk(b'{"type":"MODIFIED","object":{"kind":\n')
@@ -505,6 +526,18 @@ class Handler(BaseHTTPRequestHandler):
             pass
         finally:
             store.stop_watch(w)
+
+    def _stay_silent(self) -> None:
+        """A silenced watch: send nothing more, not even its end, until the client leaves.
+
+        Bounded (10 minutes) so that a client that never gives up cannot hold a
+        server thread forever; then the connection is dropped without a clean end.
+        """
+        end = time.monotonic() + SILENT_WATCH_LIMIT
+        while time.monotonic() < end and not self.server.closing and not self._client_gone():
+            time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _bookmark(self, res: Resource, rv: int, table: tuple[str, str] | None = None) -> None:
         obj: dict[str, Any] = {"kind": res.kind, "apiVersion": res.api_version,

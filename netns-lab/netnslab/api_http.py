@@ -133,6 +133,20 @@ class LabApiClient:
         """Drop injected errors and end a pause."""
         self.request("DELETE", "/lab/faults")
 
+    def silence_watches(self) -> None:
+        """Every open watch goes silent (no event, bookmark or end) until its client leaves."""
+        self.request("POST", "/lab/faults/silence-watches", {})
+
+    def snapshot(self) -> str:
+        """Back up every object and the resourceVersion (an etcd snapshot); returns the version."""
+        result = self.request("POST", "/lab/snapshot", {})
+        return str(result["resourceVersion"]) if isinstance(result, dict) else ""
+
+    def restore(self) -> str:
+        """Restore the last snapshot: objects and resourceVersion go back; watches drop."""
+        result = self.request("POST", "/lab/restore", {})
+        return str(result["resourceVersion"]) if isinstance(result, dict) else ""
+
     def compact(self) -> None:
         """Drop the watch history: watches from older versions get 410 Gone."""
         self.request("POST", "/lab/compact", {})

@@ -13,10 +13,25 @@ node's nat table back to back, the API server:
 Figures: poller readings in which the Service's rules were missing or
 different (target 0), and whether each change reached the kernel afterwards
 (target: yes). The agent's log must name each fault.
+
+Two more faults, each in its own cluster:
+
+3. every open watch goes silent (a load balancer dropped the connections
+   without a reset): no event, no bookmark, no end. The agent runs with
+   ``--min-watch-timeout 4s``, so its read timeout gives up on a silent watch
+   within 8 + 2 s; a pod added meanwhile must then be programmed, by resuming
+   the watch (no relist);
+4. the API server restarts onto an etcd restored from a snapshot: objects
+   *and* resourceVersion go back. The agent's watches resume from a version
+   the server has not reached ("Too large resource version", 504); it must
+   relist, program the restored state (a Service created after the snapshot
+   disappears, a pod added after it leaves the endpoints) and see the writes
+   made after the restore.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -32,8 +47,7 @@ HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}
 FILLERS = 520
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ClusterLab]:
+def _one_node_cluster(tmp_path: Path, *extra: str) -> Iterator[ClusterLab]:
     # One node: the injected faults are counted, and another node's agent would
     # take some of them.
     lab = ClusterLab(
@@ -41,13 +55,27 @@ def cluster(tmp_path: Path) -> Iterator[ClusterLab]:
         overlay="none",
         workdir=tmp_path / "lab",
         keep_workdir=True,
-        agent_args=["--min-sync-period", "0.2s", "--sync-period", "5s"],
+        agent_args=["--min-sync-period", "0.2s", "--sync-period", "5s", *extra],
     )
     try:
         lab.up()
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ClusterLab]:
+    yield from _one_node_cluster(tmp_path)
+
+
+#: ``--min-watch-timeout``: watches of 4-8 s, a silent one given up after at most 8 + 2 s.
+SHORT_WATCH = 4.0
+
+
+@pytest.fixture
+def short_watch_cluster(tmp_path: Path) -> Iterator[ClusterLab]:
+    yield from _one_node_cluster(tmp_path, "--min-watch-timeout", f"{SHORT_WATCH:g}s")
 
 
 def answers(lab: ClusterLab, ip: str, count: int = 40) -> Counter[str]:
@@ -128,3 +156,55 @@ def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
     assert len(readings) >= 10
     assert not flaps, f"{len(flaps)} readings had other rules for web: {flaps[0]}"
     assert web_rules(lab) == three
+
+
+def test_a_silent_watch_is_given_up_and_resumed_without_a_relist(
+    short_watch_cluster: ClusterLab,
+) -> None:
+    lab = short_watch_cluster
+    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
+    ip = web["spec"]["clusterIP"]
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    agent = lab.node("node-1").agent
+    assert agent is not None
+    mark = len(agent.log_text())
+    lab.api.silence_watches()
+    silenced = time.monotonic()
+    lab.add_pod("echo-1c", "node-1", labels={"app": "echo", "node": "node-1"})
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"}, timeout=40.0)
+    took = time.monotonic() - silenced
+    log = agent.log_text()[mark:]
+    print(f"pod added during the silence programmed {took:.1f}s after it began")
+    assert re.search(r"EndpointSlice watch broke: .*[Rr]ead timed out", log), log
+    assert "relisted" not in log, log
+    # Bounded by the longest watch (2 x 4 s) plus the read margin, plus sync time.
+    assert took < 2 * SHORT_WATCH + SHORT_WATCH / 2 + 10, log
+
+
+def test_an_etcd_restore_with_older_resource_versions_is_relisted_and_followed(
+    cluster: ClusterLab,
+) -> None:
+    lab = cluster
+    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
+    ip = web["spec"]["clusterIP"]
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    saved = lab.api.snapshot()
+    lab.add_pod("echo-1c", "node-1", labels={"app": "echo", "node": "node-1"})
+    late = lab.create_service("late", {"app": "echo", "node": "node-1"}, [HTTP])
+    late_rule = f"{late['spec']['clusterIP']}/32"
+    lab.wait_for_rules("node-1", late_rule, timeout=30)
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"})
+    agent = lab.node("node-1").agent
+    assert agent is not None
+
+    mark = len(agent.log_text())
+    assert lab.api.restore() == saved
+    agent.wait_for_log(r"Service watch .*Too large resource version.*relisting", after=mark,
+                       timeout=40)
+    agent.wait_for_log(r"EndpointSlice relisted", after=mark, timeout=40)
+    lab.wait_for_rules("node-1", late_rule, present=False, timeout=30)
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    # Writes after the restore reuse versions the agent saw before it; they must arrive.
+    after = lab.create_service("after", {"app": "echo", "node": "node-1"}, [HTTP])
+    wait_for_answers(lab, after["spec"]["clusterIP"], {"echo-1a", "echo-1b"})
+    assert agent.running(), agent.log_text()[mark:]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes.client import ApiException
 
 from netagent.model import EndpointSliceInfo, IPFamily, ServicePort
@@ -409,6 +410,110 @@ def test_http_410_on_watch_start_relists(running: Any) -> None:
     assert api.watch_calls()[1]["resource_version"] == "40"
     assert rec.summary() == [("default/a", "added")]
     assert reflector.stats.relists_after_gone == 1
+
+
+def too_large_status(with_cause: bool = True) -> dict[str, Any]:
+    """What the watch cache answers a watch from a version it has not reached."""
+    status: dict[str, Any] = {
+        "kind": "Status",
+        "code": 504,
+        "reason": "Timeout",
+        "message": "Timeout: Too large resource version: 90, current: 12",
+        "details": {"retryAfterSeconds": 1},
+    }
+    if with_cause:
+        status["details"]["causes"] = [
+            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+        ]
+    return status
+
+
+def test_too_large_resource_version_event_relists(running: Any) -> None:
+    # An etcd restore: the server's versions went back from 90 to 12, so a watch
+    # from 90 can never resume; the relist brings the restored state.
+    rec = Recorder()
+    api = FakeApi()
+    api.lists = [
+        page([service("a", rv="80"), service("late", rv="90")], rv="90"),
+        page([service("a", rv="11")], rv="12"),
+    ]
+    api.watches = [FakeWatch([{"type": "ERROR", "object": too_large_status()}])]
+    reflector = running(make(api, rec))
+    wait_until(lambda: len(api.watch_calls()) == 2)
+    assert api.watch_calls()[0]["resource_version"] == "90"
+    assert api.watch_calls()[1]["resource_version"] == "12"
+    assert rec.summary() == [
+        ("default/a", "added"),
+        ("default/late", "added"),
+        ("default/late", "deleted"),
+    ]
+    assert reflector.stats.relists_after_too_large == 1
+    assert reflector.stats.relists_after_gone == 0
+
+
+def test_too_large_resource_version_http_error_relists(running: Any) -> None:
+    rec = Recorder()
+    api = FakeApi()
+    api.lists = [page([service("a")], rv="90"), page([service("a")], rv="12")]
+    exc = api_error(504)
+    exc.body = json.dumps(too_large_status(with_cause=False)).encode()
+    api.watches = [exc]
+    reflector = running(make(api, rec))
+    wait_until(lambda: len(api.watch_calls()) == 2)
+    assert len(api.list_calls()) == 2
+    assert api.watch_calls()[1]["resource_version"] == "12"
+    assert reflector.stats.relists_after_too_large == 1
+
+
+def test_other_504_resumes_without_a_relist(running: Any) -> None:
+    rec = Recorder()
+    api = FakeApi()
+    api.lists = [page([service("a")], rv="10")]
+    status = too_large_status()
+    status["message"] = "Timeout: request did not complete within the allotted timeout"
+    del status["details"]["causes"]
+    api.watches = [FakeWatch([{"type": "ERROR", "object": status}])]
+    reflector = running(make(api, rec))
+    wait_until(lambda: len(api.watch_calls()) == 2)
+    assert len(api.list_calls()) == 1
+    assert api.watch_calls()[1]["resource_version"] == "10"
+    assert reflector.stats.relists_after_too_large == 0
+    assert reflector.stats.watch_failures == 1
+
+
+class SilentWatch(FakeWatch):
+    """Events, then silence until the client-side read timeout fires (a dead connection)."""
+
+    def read1(self, amt: int) -> bytes:
+        chunk = super().read1(amt) if self._pending or not self._queue.empty() else b""
+        if chunk:
+            return chunk
+        raise urllib3.exceptions.ReadTimeoutError(None, "/api/v1/services", "Read timed out.")
+
+
+def test_silent_watch_read_timeout_resumes_from_its_last_version(running: Any) -> None:
+    rec = Recorder()
+    api = FakeApi()
+    api.lists = [page([service("a")], rv="10")]
+    api.watches = [
+        SilentWatch([{"type": "ADDED", "object": service("b", rv="11")}]),
+        FakeWatch([{"type": "ADDED", "object": service("c", rv="12")}]),
+    ]
+    reflector = running(make(api, rec))
+    wait_until(lambda: len(rec.calls) == 3)
+    assert rec.summary() == [("default/a", "added"), ("default/b", "added"), ("default/c", "added")]
+    assert len(api.list_calls()) == 1  # no relist: the missed events come with the new watch
+    assert api.watch_calls()[1]["resource_version"] == "11"
+    assert reflector.stats.watch_failures == 1
+
+
+def test_min_watch_timeout_sets_the_watch_and_read_timeouts() -> None:
+    default = WatchSettings.for_min_timeout(300)
+    assert default.watch_timeout == (300, 600)
+    assert default.read_margin == 30
+    short = WatchSettings.for_min_timeout(4)
+    assert short.watch_timeout == (4, 8)
+    assert short.read_margin == 2
 
 
 def test_failed_or_partial_relist_never_touches_the_cache(running: Any) -> None:

@@ -48,6 +48,8 @@ def test_node_name_from_env() -> None:
         ({"iptables_backend": "xt"}, "iptables.backend", "must be one of"),
         ({"min_sync_period": "60s", "sync_period": "30s"}, "minSyncPeriod", "longer than"),
         ({"overlay_vxlan_tx_checksum": "maybe"}, "overlay.vxlanTxChecksum", "must be one of"),
+        ({"min_watch_timeout": "0.5s"}, "clientConnection.minWatchTimeout", "outside 1s to 3600s"),
+        ({"min_watch_timeout": "2h"}, "clientConnection.minWatchTimeout", "outside 1s to 3600s"),
     ],
 )
 def test_invalid_values_name_the_field(flags: dict[str, object], field: str, fragment: str) -> None:
@@ -346,7 +348,7 @@ def test_config_to_dict_of_the_defaults() -> None:
         "syncPeriod": "30s",
         "healthzBindAddress": "0.0.0.0:10256",
         "metricsBindAddress": "127.0.0.1:10249",
-        "clientConnection": {"kubeconfig": None, "master": None},
+        "clientConnection": {"kubeconfig": None, "master": None, "minWatchTimeout": "300s"},
         "iptables": {
             "backend": "auto",
             "masqueradeAll": False,

@@ -131,6 +131,7 @@ FLAG_EXAMPLES = {
     "kubeconfig": ("/k", "/k"),
     "master": ("https://a:6443", "https://a:6443"),
     "legacy_endpoints": (True, True),
+    "min_watch_timeout": ("4m", "240s"),
     "min_sync_period": ("2s", "2s"),
     "sync_period": ("1m", "60s"),
     "healthz_bind_address": ("127.0.0.1:1", "127.0.0.1:1"),

@@ -4,8 +4,9 @@ Covers: close-watches ending open watch streams (clean end, and abrupt);
 injected 500s for the next N requests then success; 429 with Retry-After;
 a path-prefix filter; pause holding requests until it ends; compact → 410;
 the request log (method, path, query, status, watch flag) and clearing it;
-/lab/ requests bypassing faults and the log; and the CLI printing its ready
-line and writing a kubeconfig.
+/lab/ requests bypassing faults and the log; the CLI printing its ready
+line and writing a kubeconfig; silenced watches; and snapshot/restore taking
+objects and resourceVersion back (a watch from a newer version gets 504).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -202,3 +204,67 @@ def test_corrupt_events_precede_the_next_watch_events(
     with pytest.raises(ValueError):
         json.loads(lines[0])
     assert [json.loads(x)["object"]["metadata"]["name"] for x in lines[1:]] == ["p1", "p2"]
+
+
+def _pod(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+
+
+def test_silenced_watch_sends_nothing_until_the_client_gives_up(
+    lab: LabApiServer, core: client.CoreV1Api
+) -> None:
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    # A short client-side read timeout: the socket read is what notices the silence.
+    resp = core.list_namespaced_pod("default", watch=True, resource_version=rv,
+                                    timeout_seconds=2, allow_watch_bookmarks=True,
+                                    _preload_content=False, _request_timeout=(5, 1.5))
+    deadline = time.monotonic() + 5
+    while lab.store.watcher_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lab_post(lab, "/lab/faults/silence-watches")["silenced"] == 1
+    core.create_namespaced_pod("default", _pod("quiet"))
+    started = time.monotonic()
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        for _ in resp.stream(1024):
+            pass
+    # Not ended at its own 2 s timeout either: only the client's read timeout ended it.
+    assert time.monotonic() - started >= 1.0
+    resp.release_conn()
+    # A watch opened afterwards is normal and gets the event of the silent period.
+    again = core.list_namespaced_pod("default", watch=True, resource_version=rv,
+                                     timeout_seconds=1, _preload_content=False)
+    names = [json.loads(line)["object"]["metadata"]["name"]
+             for line in again.read().decode().splitlines() if line.strip()]
+    assert names == ["quiet"]
+
+
+def test_restore_takes_objects_and_resource_version_back(
+    lab: LabApiServer, core: client.CoreV1Api
+) -> None:
+    core.create_namespaced_pod("default", _pod("kept"))
+    saved = lab_post(lab, "/lab/snapshot")["resourceVersion"]
+    core.create_namespaced_pod("default", _pod("lost"))
+    newest = core.list_namespaced_pod("default").metadata.resource_version
+    assert int(newest) > int(saved)
+    assert lab_post(lab, "/lab/restore") == {"resourceVersion": saved}
+    listed = core.list_namespaced_pod("default")
+    assert [p.metadata.name for p in listed.items] == ["kept"]
+    assert listed.metadata.resource_version == saved
+    # A watch from the newer version, as a client that saw "lost" resumes: 504, too large.
+    resp = core.list_namespaced_pod("default", watch=True, resource_version=newest,
+                                    timeout_seconds=5, _preload_content=False)
+    events = [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 504)]
+    status = events[0]["object"]
+    assert status["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
+    assert f"Too large resource version: {newest}, current: {saved}" in status["message"]
+    # Writes after the restore continue from the restored version.
+    made = core.create_namespaced_pod("default", _pod("after"))
+    assert int(made.metadata.resource_version) == int(saved) + 1
+
+
+def test_restore_without_a_snapshot_is_refused(lab: LabApiServer) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        lab_post(lab, "/lab/restore")
+    assert info.value.code == 409
+    assert "POST /lab/snapshot first" in info.value.read().decode()
