@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netnslab.agent_process import AgentHandle
 from netnslab.cluster import ClusterLab
 
 pytestmark = pytest.mark.lab
@@ -95,13 +96,26 @@ def web_rules(lab: ClusterLab) -> list[str]:
     return sorted(line for line in text.splitlines() if "default/web" in line)
 
 
+def serve_web(lab: ClusterLab) -> str:
+    """Create Service web over node-1's two pods; its cluster IP, once both answer."""
+    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
+    ip = str(web["spec"]["clusterIP"])
+    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    return ip
+
+
+def node_agent(lab: ClusterLab) -> AgentHandle:
+    """node-1's running agent."""
+    agent = lab.node("node-1").agent
+    assert agent is not None
+    return agent
+
+
 def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
     cluster: ClusterLab,
 ) -> None:
     lab = cluster
-    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
-    ip = web["spec"]["clusterIP"]
-    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    ip = serve_web(lab)
     last = None
     for i in range(FILLERS):
         last = lab.create_service(f"filler-{i}", {"app": "nothing-here"}, [HTTP])
@@ -112,8 +126,7 @@ def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
     while needle not in lab.iptables_save("node-1", "filter"):
         assert time.monotonic() < end, f"{needle} never reached node-1's filter table"
         time.sleep(0.3)
-    agent = lab.node("node-1").agent
-    assert agent is not None
+    agent = node_agent(lab)
 
     stop = threading.Event()
     readings: list[list[str]] = []
@@ -162,11 +175,8 @@ def test_a_silent_watch_is_given_up_and_resumed_without_a_relist(
     short_watch_cluster: ClusterLab,
 ) -> None:
     lab = short_watch_cluster
-    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
-    ip = web["spec"]["clusterIP"]
-    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
-    agent = lab.node("node-1").agent
-    assert agent is not None
+    ip = serve_web(lab)
+    agent = node_agent(lab)
     mark = len(agent.log_text())
     lab.api.silence_watches()
     silenced = time.monotonic()
@@ -185,17 +195,14 @@ def test_an_etcd_restore_with_older_resource_versions_is_relisted_and_followed(
     cluster: ClusterLab,
 ) -> None:
     lab = cluster
-    web = lab.create_service("web", {"app": "echo", "node": "node-1"}, [HTTP])
-    ip = web["spec"]["clusterIP"]
-    wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
+    ip = serve_web(lab)
     saved = lab.api.snapshot()
     lab.add_pod("echo-1c", "node-1", labels={"app": "echo", "node": "node-1"})
     late = lab.create_service("late", {"app": "echo", "node": "node-1"}, [HTTP])
     late_rule = f"{late['spec']['clusterIP']}/32"
     lab.wait_for_rules("node-1", late_rule, timeout=30)
     wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"})
-    agent = lab.node("node-1").agent
-    assert agent is not None
+    agent = node_agent(lab)
 
     mark = len(agent.log_text())
     assert lab.api.restore() == saved
