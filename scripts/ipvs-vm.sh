@@ -9,10 +9,11 @@
 # so CI fails instead of skipping. Details: netns-lab/netnslab/vm.py.
 #
 # Environment: CI is passed into the guest. NETAGENT_VM_TIMEOUT (seconds, default 900) bounds
-# the whole VM run. NETAGENT_VM_OUT (default .vm-out/ in the repo) receives junit.xml and
-# console.log. NETAGENT_VM_CACHE (default /var/cache/netagent-vm) keeps the kernel. The guest
-# gets NETAGENT_LAB_PATIENCE=4: TCG is slow, so the lab's waits for the agent stretch
-# (netns-lab/netnslab/patience.py); waits that bound a refusal do not.
+# the whole VM run. NETAGENT_VM_CPUS (default 2) is the guest's virtual CPUs (scripts/test.sh
+# runs two 1-CPU VMs side by side). NETAGENT_VM_OUT (default .vm-out/ in the repo) receives
+# junit.xml and console.log. NETAGENT_VM_CACHE (default /var/cache/netagent-vm) keeps the
+# kernel. The guest gets NETAGENT_LAB_PATIENCE=4: TCG is slow, so the lab's waits for the
+# agent stretch (netns-lab/netnslab/patience.py); waits that bound a refusal do not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -21,6 +22,7 @@ PY="$REPO/$VENV/bin/python"
 OUT="${NETAGENT_VM_OUT:-$REPO/.vm-out}"
 CACHE="${NETAGENT_VM_CACHE:-/var/cache/netagent-vm}"
 TIMEOUT="${NETAGENT_VM_TIMEOUT:-900}"
+CPUS="${NETAGENT_VM_CPUS:-2}"
 vm() { PYTHONPATH="$REPO/netns-lab" "$PY" -m netnslab.vm --cache-dir "$CACHE" "$@"; }
 
 if [ ! -x "$PY" ]; then
@@ -38,7 +40,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 
 rc=0
-vm run --cwd "$REPO" --timeout "$TIMEOUT" --out "$OUT" --log "$OUT/console.log" \
+vm run --cwd "$REPO" --timeout "$TIMEOUT" --cpus "$CPUS" --out "$OUT" --log "$OUT/console.log" \
   --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env HOME=/root --env LANG=C.UTF-8 --env TERM=dumb --env COLUMNS=120 \
   --env PYTHONUNBUFFERED=1 --env PYTHONDONTWRITEBYTECODE=1 --env NETAGENT_IN_VM=1 \

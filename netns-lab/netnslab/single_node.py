@@ -39,6 +39,7 @@ from typing import Any
 from netnslab import agent_process, manifests, traffic
 from netnslab.names import LabNames, is_suffix, link_name, new_suffix, remember_suffix
 from netnslab.netns import add_namespace, delete_namespace, exec_argv, ip_batch, ns_exec
+from netnslab.patience import patience
 from netnslab.runs import STATE_DIR, RunRecord
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,9 @@ class SingleNodeLab:
         if proc.stdout is None or proc.stdout.closed:
             return
         try:
-            line = traffic.LineReader(proc.stdout.fileno()).readline(SERVER_READY_TIMEOUT)
+            line = traffic.LineReader(proc.stdout.fileno()).readline(
+                patience(SERVER_READY_TIMEOUT)
+            )
         except TimeoutError:
             line = "(no READY within the timeout)"
         finally:

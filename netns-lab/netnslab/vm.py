@@ -861,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--log", type=Path, help="also write the console to this file")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     r.add_argument("--pass-env", action="append", default=[], metavar="NAME")
+    r.add_argument("--cpus", type=int, default=2, help="virtual CPUs (default 2)")
+    r.add_argument("--memory-mb", type=int, default=2048, help="guest memory (default 2048)")
     r.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     try:
@@ -885,6 +887,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             image=image,
             out_dir=args.out,
+            memory_mb=args.memory_mb,
+            cpus=args.cpus,
         )
     except VmError as exc:
         error = exc

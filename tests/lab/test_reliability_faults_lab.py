@@ -4,7 +4,10 @@ Faults injected into a running agent, each while a change is pending:
 
 - the restore tool (``iptables-nft-restore``, or ``nft`` in nftables mode)
   fails on every call while a flag file exists: a wrapper earlier in the
-  agent's ``PATH`` (the agent finds its tools on ``PATH``);
+  agent's ``PATH`` (the agent finds its tools on ``PATH``). IPVS mode's
+  iptables rules are constant, so it restores them at full syncs only: a
+  new Service is programmed despite the fault, the next (periodic) full sync
+  fails, and only a change made after that waits for the fault to clear;
 - another program holds the xtables lock (legacy backend; the lock file is
   moved to the test's directory with ``$XTABLES_LOCKFILE``, so the host's
   ``/run/xtables.lock`` is never taken).
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from netnslab import POD_IPS, LabService, LabServicePort, SingleNodeLab
+from netnslab.patience import patience
 
 pytestmark = pytest.mark.lab
 
@@ -33,6 +37,7 @@ PODS = ("pod-a", "pod-b", "pod-c")
 HTTP = LabServicePort(name="http", port=80, target_port=8080)
 WEB = LabService(name="web", cluster_ip="10.96.0.80", ports=(HTTP,))
 NEW = LabService(name="new", cluster_ip="10.96.0.81", ports=(HTTP,))
+NEWER = LabService(name="newer", cluster_ip="10.96.0.82", ports=(HTTP,))
 SYNCED = r"synced IPv4"
 FAILED = r"sync failed"
 
@@ -53,6 +58,8 @@ def wrapper(directory: Path, tool: str, flag: Path) -> Path:
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``predicate``; fail naming ``what`` after ``timeout`` s (stretched by the patience)."""
+    timeout = patience(timeout)
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
@@ -68,12 +75,16 @@ def test_a_failing_restore_tool_keeps_the_old_rules_and_the_first_clean_sync_rep
     proxy_lab: SingleNodeLab, tmp_path: Path
 ) -> None:
     lab = proxy_lab
+    ipvs = lab.proxy_mode == "ipvs"
     tool = "nft" if lab.proxy_mode == "nftables" else "iptables-nft-restore"
     flag = tmp_path / "fail"
     bindir = wrapper(tmp_path / "bin", tool, flag)
     lab.write_manifests(services=[WEB], endpoints={"web": list(PODS)})
+    # IPVS mode restores its (constant) iptables rules at full syncs only: a short sync
+    # period brings the periodic full sync, and with it the fault, within seconds.
+    periodic = ["--sync-period", "3s"] if ipvs else []
     agent = lab.start_agent(
-        extra=["--iptables-backend", "nft"],
+        extra=["--iptables-backend", "nft", *periodic],
         env={"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"},
     )
     agent.wait_for_log(SYNCED, timeout=30)
@@ -82,23 +93,41 @@ def test_a_failing_restore_tool_keeps_the_old_rules_and_the_first_clean_sync_rep
     flag.touch()
     mark = len(agent.log_text())
     lab.write_manifests(services=[WEB, NEW], endpoints={"web": list(PODS), "new": ["pod-a"]})
+    if ipvs:
+        # A new Service changes ipsets and virtual servers, not the iptables rules, so the
+        # partial sync that brings it needs no restore: it is programmed despite the fault.
+        agent.wait_for_log(r"synced IPv4 \(partial\)", timeout=20, after=mark)
+        assert lab.rules_mention_address("10.96.0.81"), agent.log_text()[mark:]
     agent.wait_for_log(FAILED, timeout=20, after=mark)
+    if ipvs:
+        # After a failed sync every sync is full, and a full sync stops at the restore:
+        # a change made now waits for the fault to clear, as in the other modes.
+        mark = len(agent.log_text())
+        lab.write_manifests(
+            services=[WEB, NEW, NEWER],
+            endpoints={"web": list(PODS), "new": ["pod-a"], "newer": ["pod-b"]},
+        )
+        agent.wait_for_log(FAILED, timeout=20, after=mark)
+    pending = NEWER.cluster_ip if ipvs else NEW.cluster_ip
     time.sleep(3.0)  # a few retries fail meanwhile
     during = lab.many_tcp_requests("client", "10.96.0.80", 80, 30, timeout=2.0)
     assert all(r.error is None and r.reply.split()[0] in PODS for r in during if r.reply), during
     assert all(r.error is None for r in during), [r.error for r in during]
-    assert not lab.rules_mention_address("10.96.0.81"), "the new Service appeared during the fault"
+    assert not lab.rules_mention_address(pending), "the pending Service appeared during the fault"
     failed_during = count(FAILED, agent.log_text()[mark:])
     assert failed_during >= 2
 
     flag.unlink()
     cleared = len(agent.log_text())
-    wait_until("the new Service to be programmed", lambda: lab.rules_mention_address("10.96.0.81"))
+    wait_until("the pending Service to be programmed", lambda: lab.rules_mention_address(pending))
+    agent.wait_for_log(SYNCED, timeout=20, after=cleared)  # the kernel can be ahead of the log
     after = agent.log_text()[cleared:]
     # The first sync after the fault cleared repaired everything: no failure after it.
     assert count(FAILED, after) == 0, after
     first = re.search(r"synced IPv4 \((full|partial)\)", after)
     assert first is not None and first.group(1) == "full", after
+    if ipvs:
+        assert lab.tcp_request("client", NEWER.cluster_ip, 80).split()[0] == "pod-b"
     assert lab.tcp_request("client", "10.96.0.81", 80).split()[0] == "pod-a"
     assert lab.rules_mention_endpoint(POD_IPS["pod-c"], 8080)
     print(f"{lab.proxy_mode}: {failed_during} syncs failed during the fault; 1 sync repaired")

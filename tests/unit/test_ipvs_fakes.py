@@ -23,6 +23,7 @@ from netagent.proxy.ipvs.ipsets import (
     IPSET_ERR_EXIST,
     IPSET_ERR_EXIST_SETNAME2,
     IPSET_ERR_FIND_TYPE,
+    IPSET_ERR_INVALID_CIDR,
     IPSET_ERR_TYPE_MISMATCH,
     IPSET_ERR_TYPE_SPECIFIC,
     IpsetError,
@@ -237,6 +238,11 @@ def test_ipset_errors_copy_the_kernel() -> None:
     s.add("M", "10.0.0.1")
     s.add("M", "10.0.0.2")
     assert ipset_code(lambda: s.add("M", "10.0.0.3")) == IPSET_ERR_TYPE_SPECIFIC, "hash full"
+    nets = FakeIpsets()
+    nets.create(IpsetSpec("N", HASH_IP_PORT_NET))
+    nets.add("N", "10.0.0.1,tcp:80,10.0.0.0/8")
+    every = lambda: nets.add("N", "10.0.0.1,tcp:80,0.0.0.0/0")  # noqa: E731
+    assert ipset_code(every) == IPSET_ERR_INVALID_CIDR, "the kernel takes no /0 net"
     with pytest.raises(ValueError):
         s.create(IpsetSpec("F", "hash:net", family=None))
     with pytest.raises(ValueError):

@@ -19,6 +19,7 @@ test_ipvs_fakes.py) and FakeIptables stand in for the kernel. Pinned here:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import replace
 
 from bench.synthetic import build_state, with_one_endpoint_changed
@@ -39,6 +40,7 @@ from netagent.proxy.ipvs.fake import FakeDummy, FakeIpsets, FakeIpvs
 from netagent.proxy.ipvs.model import IpsetSpec, RealServer, VirtualServer
 from netagent.proxy.ipvs.proxier import IpvsProxier
 from netagent.proxy.ipvs.render import IpvsRenderer, render_ipvs
+from netagent.proxy.proxier import OwnedObject
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -114,6 +116,62 @@ def test_one_virtual_server_per_frontend_with_the_selected_real_servers() -> Non
     assert r.ipsets["NETAGENT-LB-LOCAL"] == {"198.51.100.20,tcp:443"}
     assert r.ipsets["NETAGENT-LOOP-BACK"] == {"10.244.0.5,tcp:8080,10.244.0.5"}
     assert r.ipsets["NETAGENT-NODE-PORT-TCP"] == {"30080"}
+
+
+def test_a_source_range_of_every_address_means_no_firewall() -> None:
+    # hash:ip,port,net refuses a /0 net; one refused entry would fail the whole sync.
+    s = state()
+    everyone = replace(s.services[LB], load_balancer_source_ranges=(net("0.0.0.0/0"),
+                                                                     net("203.0.113.0/24")))
+    r = render_ipvs(replace(s, services={**s.services, LB: everyone}), node_addresses=[NODE_IP])
+    assert r.ipsets["NETAGENT-LB-FW"] == frozenset()
+    assert r.ipsets["NETAGENT-LB-SRC-CIDR"] == frozenset()
+    p, _, sets, _ = proxier()
+    p.sync(replace(s, services={**s.services, LB: everyone}))  # the fake refuses a /0 too
+    assert sets.members("NETAGENT-LB") == {"198.51.100.20,tcp:443"}
+
+
+def test_the_nodes_own_connections_meet_the_drop_mark_in_filter_output() -> None:
+    # nat OUTPUT marks the node's connection to a firewalled LB IP; IPVS takes it at
+    # LOCAL_OUT, so INPUT never sees it: filter OUTPUT must drop it (kubernetes#119656).
+    jumps = render_ipvs(state(), node_addresses=[NODE_IP]).iptables.jumps
+    assert ("filter", "OUTPUT", "NETAGENT-DROP-MARKED") in {
+        (j.table, j.chain, j.spec.rsplit(" ", 1)[-1]) for j in jumps
+    }
+
+
+def test_a_frontend_on_another_interfaces_address_is_reconciled_after_a_restart() -> None:
+    # A VIP-style LB IP on the node's lo: not bound to the dummy device, still netagent's.
+    lb_ip = ip("198.51.100.20")
+
+    def with_vip() -> tuple[frozenset[ipaddress.IPv4Address], frozenset[ipaddress.IPv4Address]]:
+        return frozenset({NODE_IP, lb_ip}), frozenset({NODE_IP, lb_ip})  # type: ignore[arg-type]
+
+    ipvs, sets, dummy, iptables = FakeIpvs(), FakeIpsets(), FakeDummy(), FakeIptables()
+
+    def start() -> IpvsProxier:  # a new process on the same node (the same kernel)
+        return IpvsProxier(ipvs=ipvs, ipsets=sets, dummy=dummy, iptables=iptables,
+                           local_addresses=with_vip, conntrack=None)  # fmt: skip
+
+    s = state()
+    start().sync(s)
+    key = ("TCP", lb_ip, 443)
+    assert key in {v.key for v in ipvs.services()}
+    assert lb_ip not in dummy.addresses()
+    restarted = start()
+    assert restarted.sync(s).full  # the kernel already has it: reconciled, not added twice
+    want = restarted.render_objects(s)
+    assert restarted.kernel_objects() == want
+    debug = start()  # a fresh process, as `netagent debug diff` is: render first, then read
+    assert debug.render_objects(s) == want
+
+    def contents(objects: Sequence[OwnedObject]) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(o.kind, o.key, o.content) for o in objects]  # a fresh process knows no owner
+
+    assert contents(debug.kernel_objects()) == contents(want)
+    gone = replace(s, services={k: v for k, v in s.services.items() if k != LB})
+    restarted.sync(gone)
+    assert key not in {v.key for v in ipvs.services()}, "the last sync programmed it"
 
 
 def test_iptables_rules_do_not_grow_with_services() -> None:

@@ -235,6 +235,12 @@ def test_ipset_in_a_namespace() -> None:
         saved = ns_exec(ns, ["ipset", "save"]).stdout
         assert "add NA-VM-PORTS 10.250.3.4,tcp:80" in saved, saved
         assert "add NA-VM-BITMAP 30080" in saved, saved
+        # A /0 net is refused (IPSET_ERR_INVALID_CIDR), as netagent's fake refuses it.
+        ns_exec(ns, ["ipset", "create", "NA-VM-NETS", "hash:ip,port,net"])
+        ns_exec(ns, ["ipset", "add", "NA-VM-NETS", "10.250.3.4,tcp:80,10.0.0.0/8"])
+        every = ns_exec(ns, ["ipset", "add", "NA-VM-NETS", "10.250.3.4,tcp:80,0.0.0.0/0"],
+                        check=False)  # fmt: skip
+        assert every.returncode != 0, every
         # Sets are per namespace: the guest's root namespace does not see them.
         assert "NA-VM-PORTS" not in run(["ipset", "list", "-n"]).stdout
 

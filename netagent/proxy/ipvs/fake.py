@@ -47,6 +47,7 @@ from netagent.proxy.ipvs.ipsets import (
     IPSET_ERR_EXIST,
     IPSET_ERR_EXIST_SETNAME2,
     IPSET_ERR_FIND_TYPE,
+    IPSET_ERR_INVALID_CIDR,
     IPSET_ERR_TYPE_MISMATCH,
     IPSET_ERR_TYPE_SPECIFIC,
     IpsetError,
@@ -288,6 +289,8 @@ class FakeIpsets(_Recorder):
         members = self._members[name]
         if text in members:
             raise IpsetError("add", name, IPSET_ERR_EXIST, text)
+        if parsed.net is not None and parsed.net.prefixlen == 0:
+            raise IpsetError("add", name, IPSET_ERR_INVALID_CIDR, text)
         if spec.type == BITMAP_PORT:
             low, high = spec.port_range or (0, 65535)
             if parsed.port is None or not low <= parsed.port <= high:

@@ -73,6 +73,8 @@ IPSET_ERR_BUSY = 4100
 IPSET_ERR_EXIST_SETNAME2 = 4101
 IPSET_ERR_TYPE_MISMATCH = 4102
 IPSET_ERR_EXIST = 4103
+#: A net of prefix length 0 in a ``hash:*net`` set (the kernel takes /1 to /32, /128).
+IPSET_ERR_INVALID_CIDR = 4104
 IPSET_ERR_INVALID_FAMILY = 4106
 IPSET_ERR_IPADDR_IPV4 = 4109
 IPSET_ERR_IPADDR_IPV6 = 4110
@@ -87,6 +89,7 @@ _CODE_NAMES: dict[int, str] = {
     IPSET_ERR_EXIST_SETNAME2: "IPSET_ERR_EXIST_SETNAME2",
     IPSET_ERR_TYPE_MISMATCH: "IPSET_ERR_TYPE_MISMATCH",
     IPSET_ERR_EXIST: "IPSET_ERR_EXIST",
+    IPSET_ERR_INVALID_CIDR: "IPSET_ERR_INVALID_CIDR",
     IPSET_ERR_INVALID_FAMILY: "IPSET_ERR_INVALID_FAMILY",
     IPSET_ERR_IPADDR_IPV4: "IPSET_ERR_IPADDR_IPV4",
     IPSET_ERR_IPADDR_IPV6: "IPSET_ERR_IPADDR_IPV6",
@@ -97,6 +100,7 @@ _MESSAGES: dict[tuple[str, int], str] = {
     ("create", IPSET_ERR_FIND_TYPE): "the kernel does not support this set type",
     ("create", IPSET_ERR_MAX_SETS): "the kernel's maximal number of sets is reached",
     ("add", IPSET_ERR_EXIST): "the element is in the set already",
+    ("add", IPSET_ERR_INVALID_CIDR): "a net of prefix length 0 cannot be a member",
     ("add", IPSET_ERR_TYPE_SPECIFIC): "outside the bitmap's range, or the hash is full",
     ("delete", IPSET_ERR_EXIST): "the element is not in the set",
     ("destroy", IPSET_ERR_BUSY): "the set is in use by a kernel component (a rule references it)",

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from netagent.model import IPAddress, IPFamily, IPNetwork, ProxyState
@@ -112,6 +112,8 @@ class IpvsProxier:
         self._clock = clock
         self._next_full = 0.0
         self._committed: RenderedIpvs | None = None
+        #: The virtual servers the last render_objects() wanted (what `debug` compares).
+        self._inspected: frozenset[VirtualServerKey] = frozenset()
         self._renderer = IpvsRenderer()
         self._node_addresses: frozenset[IPAddress] = frozenset()
         self._previous: ProxyState | None = None
@@ -217,7 +219,10 @@ class IpvsProxier:
             if full:
                 current = self._ipsets.members(name)
             elif self._committed is not None:
-                current = set(self._committed.ipsets.get(name, frozenset()))
+                committed = self._committed.ipsets.get(name)
+                if committed is wanted:
+                    continue  # the renderer reused the set: nothing in it changed
+                current = set(committed or frozenset())
             else:  # pragma: no cover - a partial sync always has a committed render
                 current = set()
             to_add, to_delete = ipset_diff(current, set(wanted))
@@ -240,6 +245,8 @@ class IpvsProxier:
         if full:
             current = {a for a in self._dummy.addresses() if a.version == self._version}
         elif self._committed is not None:
+            if self._committed.addresses is desired.addresses:
+                return  # the renderer reused the addresses: none came or went
             current = set(self._committed.addresses)
         else:  # pragma: no cover
             current = set()
@@ -271,14 +278,21 @@ class IpvsProxier:
             with contextlib.suppress(Exception):  # the device was just ensured; a race is fine
                 bound |= self._dummy.addresses()
             node_ips = set(nodeport_addresses_all(node))
+            # A frontend on an address of another interface (an LB IP on lo, say) is not
+            # bound to the device, yet it is netagent's while wanted or last programmed.
+            claimed = set(wanted)
+            if self._committed is not None:
+                claimed.update(self._committed.virtual_servers)
             kernel = {
-                vs.key: vs for vs in self._ipvs.services() if self._owned(vs, bound, node_ips)
+                vs.key: vs
+                for vs in self._ipvs.services()
+                if vs.key in claimed or self._owned(vs, bound, node_ips)
             }
             current_dests = {
                 key: {d.key: d.server for d in self._ipvs.dests(vs)} for key, vs in kernel.items()
             }
         else:
-            self._sync_servers_partial(wanted, counters)
+            self._sync_servers_partial(desired, counters)
             return
         for key, frontend in wanted.items():
             vs = frontend.server
@@ -300,17 +314,27 @@ class IpvsProxier:
                 for term in [t for t in self.terminating if t[0] == key]:
                     del self.terminating[term]
 
-    def _sync_servers_partial(
-        self, wanted: Mapping[VirtualServerKey, IpvsFrontend], counters: _Counters
-    ) -> None:
+    def _sync_servers_partial(self, desired: RenderedIpvs, counters: _Counters) -> None:
         """Against the committed render: a frontend identical to it (the renderer's memo
-        returns the very object for an unchanged service port) is skipped unread."""
+        returns the very object for an unchanged service port) is skipped unread, and when
+        the renderer can say which frontends it touched, only those are looked at."""
         assert self._committed is not None
+        wanted = desired.virtual_servers
         old = self._committed.virtual_servers
         draining: dict[VirtualServerKey, list[tuple[IPAddress, int]]] = {}
         for vs_key, rs_key in self.terminating:
             draining.setdefault(vs_key, []).append(rs_key)
-        for key, frontend in wanted.items():
+        touched = self._renderer.changed_between(self._committed, desired)
+        if touched is None:
+            candidates: Iterable[tuple[VirtualServerKey, IpvsFrontend]] = wanted.items()
+            gone: Iterable[tuple[VirtualServerKey, IpvsFrontend]] = (
+                (k, f) for k, f in old.items() if k not in wanted
+            )
+        else:  # the renderer knows what it touched: every other frontend is the same object
+            order = sorted(touched, key=_key_order)
+            candidates = [(k, wanted[k]) for k in order if k in wanted]
+            gone = [(k, old[k]) for k in order if k in old and k not in wanted]
+        for key, frontend in candidates:
             before = old.get(key)
             if before is frontend:
                 continue
@@ -328,12 +352,11 @@ class IpvsProxier:
                 for rs_key in draining.get(key, ()):
                     have.setdefault(rs_key, RealServer(rs_key[0], rs_key[1], weight=0))
             self._sync_dests(vs, frontend.real_servers, have, counters)
-        for key, before in old.items():
-            if key not in wanted:
-                self._ipvs.delete_service(before.server)
-                counters.deleted += 1
-                for term in [t for t in self.terminating if t[0] == key]:
-                    del self.terminating[term]
+        for key, before in list(gone):
+            self._ipvs.delete_service(before.server)
+            counters.deleted += 1
+            for term in [t for t in self.terminating if t[0] == key]:
+                del self.terminating[term]
 
     def _sync_dests(
         self,
@@ -392,7 +415,9 @@ class IpvsProxier:
         self, state: ProxyState, overlay: OverlayRules | None = None
     ) -> Sequence[OwnedObject]:
         """What a sync of ``state`` leaves in the kernel (reads the node's addresses)."""
-        return owned_objects(self._render(state, overlay, IpvsRenderer()))
+        rendered = self._render(state, overlay, IpvsRenderer())
+        self._inspected = frozenset(rendered.virtual_servers)
+        return owned_objects(rendered)
 
     def kernel_objects(self) -> Sequence[OwnedObject]:
         """Owned virtual servers with their real servers, addresses, set members, chains."""
@@ -405,8 +430,11 @@ class IpvsProxier:
         owners = {}
         if self._committed is not None:
             owners = {k: str(f.owner) for k, f in self._committed.virtual_servers.items()}
+        # Frontends on another interface's address are netagent's while programmed or wanted
+        # (as in a full sync); a fresh `debug` process knows them from render_objects().
+        claimed = set(owners) | self._inspected
         for vs in self._ipvs.services():
-            if not self._owned(vs, bound, node_ips):
+            if vs.key not in claimed and not self._owned(vs, bound, node_ips):
                 continue
             dests = sorted(str(d.server) for d in self._ipvs.dests(vs) if d.weight > 0)
             objects.append(
@@ -438,6 +466,12 @@ class IpvsProxier:
         return cleanup_ipvs(
             self._ipvs, self._ipsets, self._dummy, self._iptables, self.family, self._local
         )
+
+
+def _key_order(key: VirtualServerKey) -> tuple[int, int, int, str]:
+    """The order of :meth:`VirtualServer.sort_key`, from the key alone."""
+    protocol, address, port = key
+    return (address.version, int(address), port, protocol)
 
 
 def _vs_key(vs: VirtualServer) -> str:

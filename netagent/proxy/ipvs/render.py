@@ -36,9 +36,11 @@ Semantics, as kube-proxy's IPVS mode (differences noted):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from netagent.model import (
     Endpoint,
@@ -202,23 +204,49 @@ class _PortFragment:
 
 
 _MemoKey = tuple[object, ...]
+_T = TypeVar("_T")
 
 
 class IpvsRenderer:
-    """:func:`render_ipvs` with a memo per service port, for the proxier's every sync.
+    """:func:`render_ipvs` kept up to date by patching, for the proxier's every sync.
 
     Why: at 10,000 services a render from scratch takes about a second
-    here, and a one-endpoint change should not cost that. A port whose
-    service, endpoints, node, scheduler and node-port addresses are equal to
-    last time reuses its fragment, so its :class:`IpvsFrontend` objects are
-    *the same objects* as in the previous render; the proxier's partial sync
-    skips a frontend that is identical to the committed one. The result is
-    equal to a fresh :func:`render_ipvs` of the same input (a unit test
-    checks it); the memo only keeps ports of the latest state.
+    here, and a one-endpoint change should not cost that, nor should it cost
+    rebuilding and sorting 20,000 virtual servers. The renderer keeps what
+    each service port contributed (its *fragment*: frontends, bound
+    addresses, set entries) and the totals they add up to, with a count per
+    set entry and per address and every claim on each virtual server. A port
+    whose service, endpoints, node, scheduler and node-port addresses are
+    equal to last time keeps its fragment; a changed, new or removed port
+    takes its old fragment out of the totals and puts its new one in. Only
+    what was touched is rebuilt: the winner of each touched virtual server,
+    the sets that gained or lost an entry, the sorted order only where keys
+    came or went. So an unchanged port's :class:`IpvsFrontend` objects are
+    *the same objects* as in the previous render, and the proxier's partial
+    sync skips them; unchanged sets and addresses are the same objects too.
+
+    The result is equal to a fresh :func:`render_ipvs` of the same input
+    (unit tests check it over random change sequences). Conflicts resolve as
+    a fresh render does: the first claim of a virtual server in service-port
+    name order wins, and within a port its first frontend.
     """
 
     def __init__(self) -> None:
+        self._context: tuple[object, ...] | None = None
+        self._prefix = set_prefix(IPFamily.IPV4)
         self._memo: dict[ServicePortName, tuple[_MemoKey, _PortFragment]] = {}
+        #: Claims on each virtual server: (port, its first frontend for the key).
+        self._claims: dict[VirtualServerKey, list[tuple[ServicePortName, IpvsFrontend]]] = {}
+        self._servers: dict[VirtualServerKey, IpvsFrontend] = {}
+        self._order: list[VirtualServerKey] = []  # sorted by VirtualServer.sort_key
+        self._order_keys: list[tuple[int, int, int, str]] = []
+        self._bound: dict[IPAddress, int] = {}
+        self._entries: dict[str, dict[str, int]] = {}
+        self._frozen: dict[str, frozenset[str]] = {}
+        self._addresses: frozenset[IPAddress] = frozenset()
+        self._last: RenderedIpvs | None = None
+        self._previous: RenderedIpvs | None = None
+        self._touched: frozenset[VirtualServerKey] = frozenset()
 
     def render(
         self,
@@ -238,51 +266,230 @@ class IpvsRenderer:
         """
         family = state.family
         version = 4 if family is IPFamily.IPV4 else 6
-        prefix = set_prefix(family)
-        sets: dict[str, set[str]] = {prefix + base: set() for base, _, _ in SET_KINDS}
         node_ips = tuple(nodeport_addresses(state.config, node_addresses, family))
-        other = {a for a in other_interface_addresses if a.version == version}
-        servers: dict[VirtualServerKey, IpvsFrontend] = {}
-        bound: set[IPAddress] = set()
-        memo: dict[ServicePortName, tuple[_MemoKey, _PortFragment]] = {}
-        for name in sorted(state.services):
-            svc = state.services[name]
-            key: _MemoKey = (
-                svc,
-                state.endpoints.get(name, ()),
-                state.node,
-                scheduler,
-                node_ips,
-                version,
-            )
+        other = frozenset(a for a in other_interface_addresses if a.version == version)
+        context = (family, state.config, other, overlay_rules)
+        if context != self._context:
+            self._reset(family)
+            self._context = context
+        changed: list[tuple[ServicePortName, _MemoKey]] = []
+        endpoints = state.endpoints
+        added = 0
+        for name, svc in state.services.items():
+            key: _MemoKey = (svc, endpoints.get(name, ()), state.node, scheduler, node_ips, version)
             cached = self._memo.get(name)
-            if cached is not None and cached[0] == key:
-                fragment = cached[1]
-            else:
-                fragment = _render_port(svc, state, scheduler, node_ips, version)
-            memo[name] = (key, fragment)
-            for frontend in fragment.frontends:
-                servers.setdefault(frontend.server.key, frontend)
-            bound.update(fragment.bound)
-            for base, entry in fragment.entries:
-                sets[prefix + base].add(entry)
-        self._memo = memo
+            if cached is None:
+                added += 1
+                changed.append((name, key))
+            elif cached[0] != key:
+                changed.append((name, key))
+        if len(self._memo) + added == len(state.services):
+            removed: list[ServicePortName] = []  # every remembered port is still there
+        else:
+            removed = [name for name in self._memo if name not in state.services]
+        if not changed and not removed and self._last is not None:
+            self._previous, self._touched = self._last, frozenset()
+            return self._last
 
-        addresses = frozenset(a for a in bound if a not in other)
-        for addr in addresses:
-            sets[prefix + "IPVS-IPS"].add(IpsetEntry.ip(addr).text())
-        rules = render_ipvs_iptables(state.config, family)
-        if overlay_rules is not None:
-            from netagent.proxy.iptables.proxier import merge_rendered
+        touched_servers: set[VirtualServerKey] = set()
+        touched_sets: set[str] = set()
+        addresses_moved = False
+        for name in removed:
+            old_fragment = self._memo.pop(name)[1]
+            addresses_moved |= self._swap(name, old_fragment, None, touched_servers, touched_sets)
+        for name, key in changed:
+            old = self._memo.get(name)
+            fragment = _render_port(state.services[name], state, scheduler, node_ips, version)
+            self._memo[name] = (key, fragment)
+            addresses_moved |= self._swap(
+                name, old[1] if old is not None else None, fragment, touched_servers, touched_sets
+            )
+        reordered = self._resolve(touched_servers)
 
-            rules = merge_rendered(rules, overlay_rules)
-        return RenderedIpvs(
+        if addresses_moved or self._last is None:
+            addresses = frozenset(a for a in self._bound if a not in other)
+            ips = self._prefix + "IPVS-IPS"
+            entries = self._entries[ips]
+            for addr in self._addresses - addresses:
+                del entries[IpsetEntry.ip(addr).text()]
+            for addr in addresses - self._addresses:
+                entries[IpsetEntry.ip(addr).text()] = 1
+            if addresses != self._addresses:
+                touched_sets.add(ips)
+                self._addresses = addresses
+        for set_name in touched_sets:
+            self._frozen[set_name] = frozenset(self._entries[set_name])
+        servers: Mapping[VirtualServerKey, IpvsFrontend]
+        if self._last is not None and not touched_servers:
+            servers = self._last.virtual_servers
+        elif self._last is not None and not reordered:
+            patched = dict(self._last.virtual_servers)  # a copy keeps order, without rehashing
+            for key in touched_servers:
+                patched[key] = self._servers[key]
+            servers = patched
+        else:
+            servers = {k: self._servers[k] for k in self._order}
+        if self._last is not None and not touched_sets:
+            ipsets = self._last.ipsets
+        else:
+            ipsets = dict(sorted(self._frozen.items()))
+        if self._last is not None:
+            rules = self._last.iptables
+        else:
+            rules = render_ipvs_iptables(state.config, family)
+            if overlay_rules is not None:
+                from netagent.proxy.iptables.proxier import merge_rendered
+
+                rules = merge_rendered(rules, overlay_rules)
+        self._previous = self._last
+        self._touched = frozenset(touched_servers)
+        self._last = RenderedIpvs(
             family=family,
-            virtual_servers=dict(sorted(servers.items(), key=lambda kv: kv[1].server.sort_key())),
-            addresses=addresses,
-            ipsets={k: frozenset(v) for k, v in sorted(sets.items())},
+            virtual_servers=servers,
+            addresses=self._addresses,
+            ipsets=ipsets,
             iptables=rules,
         )
+        return self._last
+
+    def changed_between(
+        self, earlier: RenderedIpvs | None, later: RenderedIpvs
+    ) -> frozenset[VirtualServerKey] | None:
+        """The virtual servers whose frontend may differ between two renders of this renderer.
+
+        Known only when ``later`` is the last render and ``earlier`` the one
+        just before it (else None: compare everything). Every other key maps
+        to the very same :class:`IpvsFrontend` object in both, or is in neither.
+        """
+        if earlier is None or later is not self._last or earlier is not self._previous:
+            return None
+        return self._touched
+
+    def _reset(self, family: IPFamily) -> None:
+        """Forget everything: a new family, config, overlay or set of other addresses."""
+        prefix = self._prefix = set_prefix(family)
+        self._memo = {}
+        self._claims = {}
+        self._servers = {}
+        self._order = []
+        self._order_keys = []
+        self._bound = {}
+        self._entries = {prefix + base: {} for base, _, _ in SET_KINDS}
+        self._frozen = {name: frozenset() for name in self._entries}
+        self._addresses = frozenset()
+        self._last = None  # and so changed_between() answers None: compare everything
+
+    def _swap(
+        self,
+        name: ServicePortName,
+        old: _PortFragment | None,
+        new: _PortFragment | None,
+        servers: set[VirtualServerKey],
+        sets: set[str],
+    ) -> bool:
+        """Replace a port's fragment in the totals; whether the bound addresses changed.
+
+        Only the difference between the two fragments is applied, so a set
+        or the address list is marked touched only when it really changed.
+        """
+        old_fronts = _first_per_key(old.frontends) if old is not None else {}
+        new_fronts = _first_per_key(new.frontends) if new is not None else {}
+        for key in old_fronts.keys() - new_fronts.keys():
+            claims = [c for c in self._claims[key] if c[0] != name]
+            if claims:
+                self._claims[key] = claims
+            else:
+                del self._claims[key]
+            servers.add(key)
+        for key, frontend in new_fronts.items():
+            if key in old_fronts:
+                claims = self._claims[key]
+                self._claims[key] = [(n, frontend if n == name else f) for n, f in claims]
+            else:
+                self._claims.setdefault(key, []).append((name, frontend))
+            servers.add(key)
+        old_bound = old.bound if old is not None else ()
+        new_bound = new.bound if new is not None else ()
+        old_entries = old.entries if old is not None else ()
+        new_entries = new.entries if new is not None else ()
+        if old_bound and new_bound:
+            gone_bound, came_bound = _multiset_diff(old_bound, new_bound)
+        else:
+            gone_bound, came_bound = list(old_bound), list(new_bound)
+        if old_entries and new_entries:
+            gone_entries, came_entries = _multiset_diff(old_entries, new_entries)
+        else:
+            gone_entries, came_entries = list(old_entries), list(new_entries)
+        moved = False
+        for addr in came_bound:
+            count = self._bound.get(addr, 0)
+            self._bound[addr] = count + 1
+            moved |= count == 0
+        for addr in gone_bound:
+            count = self._bound[addr] - 1
+            if count:
+                self._bound[addr] = count
+            else:
+                del self._bound[addr]
+                moved = True
+        for base, entry in came_entries:
+            counts = self._entries[self._prefix + base]
+            count = counts.get(entry, 0)
+            counts[entry] = count + 1
+            if count == 0:
+                sets.add(self._prefix + base)
+        for base, entry in gone_entries:
+            counts = self._entries[self._prefix + base]
+            count = counts[entry] - 1
+            if count:
+                counts[entry] = count
+            else:
+                del counts[entry]
+                sets.add(self._prefix + base)
+        return moved
+
+    def _resolve(self, keys: set[VirtualServerKey]) -> bool:
+        """The winner of each touched virtual server, and the sorted order where keys moved.
+
+        Returns whether a key came or went (the order changed).
+        """
+        reordered = False
+        for key in keys:
+            claims = self._claims.get(key)
+            present = key in self._servers
+            if claims:
+                self._servers[key] = min(claims, key=lambda c: c[0])[1]
+                if not present:
+                    sort_key = self._servers[key].server.sort_key()
+                    at = bisect.bisect_left(self._order_keys, sort_key)
+                    self._order.insert(at, key)
+                    self._order_keys.insert(at, sort_key)
+                    reordered = True
+            elif present:
+                sort_key = self._servers.pop(key).server.sort_key()
+                at = bisect.bisect_left(self._order_keys, sort_key)
+                del self._order[at]
+                del self._order_keys[at]
+                reordered = True
+        return reordered
+
+
+def _first_per_key(frontends: Iterable[IpvsFrontend]) -> dict[VirtualServerKey, IpvsFrontend]:
+    """A port's frontends by key; within a port, its first frontend for a key wins."""
+    out: dict[VirtualServerKey, IpvsFrontend] = {}
+    for frontend in frontends:
+        out.setdefault(frontend.server.key, frontend)
+    return out
+
+
+def _multiset_diff(old: Sequence[_T], new: Sequence[_T]) -> tuple[list[_T], list[_T]]:
+    """What ``old`` has beyond ``new`` and ``new`` beyond ``old``, counting repeats."""
+    gone = Counter(old)
+    gone.subtract(new)
+    return (
+        [item for item, n in gone.items() for _ in range(n) if n > 0],
+        [item for item, n in gone.items() for _ in range(-n) if n < 0],
+    )
 
 
 def render_ipvs(
@@ -345,6 +552,10 @@ def _render_port(
         base = "EXTERNAL-IP-LOCAL" if local else "EXTERNAL-IP"
         add_entry(base, IpsetEntry.ip_port(ip, lproto, svc.port))
     ranges = [n for n in svc.load_balancer_source_ranges if n.version == version]
+    if any(n.prefixlen == 0 for n in ranges):
+        # A range of every address admits everyone: no firewall. (hash:ip,port,net refuses
+        # a /0 entry, and one refused entry would fail the whole sync.)
+        ranges = []
     for ip in (a for a in svc.load_balancer_ips if a.version == version):
         server(ip, svc.port, "load balancer IP", external_eps)
         bound.append(ip)
@@ -463,6 +674,9 @@ def render_ipvs_iptables(config: ProxyConfig, family: IPFamily) -> RenderedIptab
         jump("filter", "INPUT", IPVS_FILTER),
         jump("filter", "FORWARD", DROP_MARKED),
         jump("filter", "FORWARD", FORWARD),
+        # The node's own connections to an LB IP are marked in nat OUTPUT and must be
+        # dropped here; IPVS takes them at LOCAL_OUT, before INPUT (kubernetes#119656).
+        jump("filter", "OUTPUT", DROP_MARKED),
         jump("nat", "PREROUTING", SERVICES),
         jump("nat", "OUTPUT", SERVICES),
         jump("nat", "POSTROUTING", POSTROUTING),
