@@ -40,9 +40,9 @@ if command -v podman >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# IPVS kernel tests in a qemu VM (scripts/ipvs-vm.sh; appended block, owned by the VM work).
-# This machine's kernel has no IPVS, so tests/vm (and later the IPVS lab tests) run inside
-# Debian 12's stock kernel under qemu. Any failure -- tests, boot, timeout -- fails test.sh.
+# IPVS kernel tests in qemu VMs (scripts/ipvs-vm.sh). This machine's kernel has no IPVS, so
+# tests/vm and the IPVS cases of the lab suites run inside Debian 12's stock kernel under
+# qemu. Any failure -- tests, boot, timeout -- fails test.sh.
 echo "== IPVS kernel tests in two VMs side by side (scripts/ipvs-vm.sh)"
 vm_started=$SECONDS
 # Two VMs side by side use both host cores. The semantic suite is one process at a time and
