@@ -64,6 +64,12 @@ stop_vms() {  # on the way out: no VM outlives test.sh (qemu dies with its netns
   for pid in "${vm_pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; done
 }
 trap stop_vms EXIT
+# Prepare once (host packages, kernel, initramfs) before two VMs would do it at once.
+if ! PYTHONPATH=netns-lab "$VENV/bin/python" -m netnslab.vm \
+    --cache-dir "${NETAGENT_VM_CACHE:-/var/cache/netagent-vm}" prepare; then
+  echo "test.sh: FAILED: the VM could not be prepared" >&2
+  exit 1
+fi
 # The semantic proxy suite, the security cases that depend on the mode (externalIP
 # allow-list, LB source ranges) and the restore-tool fault, in IPVS mode. Affinity *expiry* is
 # not an IPVS case: IPVS persistence lasts until the client's connections have left IPVS's

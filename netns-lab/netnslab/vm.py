@@ -538,12 +538,12 @@ def prepare(cache_dir: Path = DEFAULT_CACHE) -> VmImage:
     per version, and builds the initramfs once per version and init recipe.
     When apt cannot name or fetch it, the newest cached kernel is used.
     """
-    ensure_host_packages()
     if not cache_dir.exists():
         if not _is_root():
             raise VmPrepareError(f"{cache_dir} does not exist and creating it needs root")
-        cache_dir.mkdir(parents=True)
-    with _locked(cache_dir):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir):  # two runs preparing at once: one apt-get, one download
+        ensure_host_packages()
         entry = _kernel_entry(cache_dir)
         package, version, _ = (entry / ".complete").read_text().split()
         root = entry / "root"
