@@ -11,8 +11,11 @@ each change gives a random Service's slice a fresh endpoint IP.
 Two measurements, side by side:
 
 * **observed in the kernel** (the headline): a poller in the node's
-  namespace runs ``iptables-save -t nat`` back to back and records when each
-  new endpoint IP first appears. Latency = that time - the time just before
+  namespace reads the proxy mode's programming back to back (``iptables-save
+  -t nat``; ``nft list table ip netagent`` with ``--proxy-mode nftables``;
+  ``ipvsadm -Ln`` with ``--proxy-mode ipvs``, which needs an IPVS kernel: the
+  VM of scripts/ipvs-vm.sh) and records when each new endpoint IP first
+  appears. Latency = that time - the time just before
   the API write. The poller's own period (reported) bounds the resolution.
 * **the agent's own metric**: ``kubeproxy_network_programming_duration_seconds``
   from /metrics, measured from the slice's ``last-change-trigger-time``
@@ -52,6 +55,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,12 @@ from netnslab.cluster import ClusterLab  # noqa: E402
 from netnslab.netns import exec_argv  # noqa: E402
 
 SYNC_METRIC = "kubeproxy_sync_proxy_rules_duration_seconds"
+#: Each proxy mode's dump of the node's programming (as ``ClusterLab.programmed_text``).
+POLL_ARGV = {
+    "iptables": ["iptables-save", "-t", "nat"],
+    "nftables": ["nft", "list", "table", "ip", "netagent"],
+    "ipvs": ["ipvsadm", "-Ln"],
+}
 
 
 def rfc3339(epoch: float) -> str:
@@ -134,11 +144,17 @@ def rss_mib(pid: int) -> float:
 
 
 class KernelPoller(threading.Thread):
-    """Runs iptables-save in the node namespace back to back; records first sightings."""
+    """Reads the node's programming back to back; records first sightings of endpoints.
 
-    def __init__(self, ns: str) -> None:
+    ``argv`` is the proxy mode's dump (``ClusterLab.programmed_text``'s tool) and
+    ``needle(ip)`` what an endpoint at port 8080 looks like in it.
+    """
+
+    def __init__(self, ns: str, argv: list[str], needle: Callable[[str], str]) -> None:
         super().__init__(daemon=True, name="kernel-poller")
         self.ns = ns
+        self.argv = argv
+        self.needle = needle
         self.pending: dict[str, float] = {}
         self.seen: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -152,15 +168,15 @@ class KernelPoller(threading.Thread):
             return replaces is not None and self.pending.pop(replaces, None) is not None
 
     def run(self) -> None:
-        argv = exec_argv(self.ns, ["iptables-save", "-t", "nat"])
+        argv = exec_argv(self.ns, self.argv)
         while not self.stopping.is_set():
             started = time.time()
-            text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
             done = time.time()
             self.periods.append(done - started)
             with self.lock:
                 for ip in list(self.pending):
-                    if f"{ip}:8080" in text:
+                    if self.needle(ip) in text:
                         # The rule was in the kernel by the time the dump finished;
                         # crediting the dump's start would be optimistic by up to one period.
                         self.seen[ip] = done
@@ -204,6 +220,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="changes per second")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of changes")
     parser.add_argument("--min-sync-period", default="1s")
+    parser.add_argument("--proxy-mode", default="iptables", choices=sorted(POLL_ARGV))
     parser.add_argument(
         "--churn", type=float, default=0.0,
         help="share of changes that delete a Service and create a new one",
@@ -216,7 +233,7 @@ def main() -> int:
     lab = ClusterLab(
         nodes=1,
         overlay="none",
-        agent_args=["--min-sync-period", args.min_sync_period],
+        agent_args=["--min-sync-period", args.min_sync_period, "--proxy-mode", args.proxy_mode],
     )
     try:
         lab.up(pods_per_node=0, client=False)
@@ -225,7 +242,7 @@ def main() -> int:
         create_objects(lab.api, args.services)
         created = time.monotonic() - started
         last = endpoint_ip(args.services - 1)
-        lab.wait_for_rules("node-1", f"{last}:8080", timeout=300)
+        lab.wait_for_programmed("node-1", lab.endpoint_needle(last, 8080), timeout=3600)
         loaded = time.monotonic() - started
         print(
             f"{args.services} services created in {created:.1f}s, in the kernel after {loaded:.1f}s"
@@ -234,7 +251,8 @@ def main() -> int:
         assert node.agent is not None
         rss_start = rss_mib(node.agent.pid)
 
-        poller = KernelPoller(node.ns)
+        poller = KernelPoller(node.ns, POLL_ARGV[args.proxy_mode],
+                              lambda ip: lab.endpoint_needle(ip, 8080))  # fmt: skip
         poller.start()
         rng = random.Random(1)
         interval = 1.0 / args.rate
@@ -297,6 +315,7 @@ def main() -> int:
         result = {
             "command": " ".join(sys.argv),
             "machine": {"kernel": platform.release(), "python": platform.python_version()},
+            "proxy_mode": args.proxy_mode,
             "services": args.services,
             "rate_per_s": args.rate,
             "duration_s": args.duration,

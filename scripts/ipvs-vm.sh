@@ -45,7 +45,8 @@ vm run --cwd "$REPO" --timeout "$TIMEOUT" --cpus "$CPUS" --out "$OUT" --log "$OU
   --env HOME=/root --env LANG=C.UTF-8 --env TERM=dumb --env COLUMNS=120 \
   --env PYTHONUNBUFFERED=1 --env PYTHONDONTWRITEBYTECODE=1 --env NETAGENT_IN_VM=1 \
   --env NETAGENT_LAB_PATIENCE=4 \
-  --pass-env CI --pass-env NETAGENT_LAB_PROXY_MODES \
+  --pass-env CI --pass-env NETAGENT_LAB_PROXY_MODES --pass-env NETAGENT_COEX_SYNCS \
+  --pass-env NETAGENT_FUZZ_LAB_EXAMPLES \
   -- "$PY" -m pytest -p no:cacheprovider --junitxml="$OUT/junit.xml" "$@" || rc=$?
 case "$rc" in
   0) ;;

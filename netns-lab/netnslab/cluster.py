@@ -122,6 +122,21 @@ class ClusterPod:
     server: bool = True
 
 
+def _wait_for_text(
+    read: Callable[[], str], needle: str, present: bool, timeout: float, where: str
+) -> str:
+    """Poll ``read()`` until it does (or does not) contain ``needle``; the last text read."""
+    end = time.monotonic() + timeout
+    while True:
+        text = read()
+        if (needle in text) == present:
+            return text
+        if time.monotonic() > end:
+            state = "appear" if present else "go away"
+            raise TimeoutError(f"{needle!r} did not {state} {where} in {timeout}s")
+        time.sleep(0.1)
+
+
 class ClusterLab:
     """The multi-node lab; a context manager, or :meth:`up` / :meth:`down`."""
 
@@ -515,19 +530,52 @@ class ClusterLab:
         agent = self.nodes[name].agent
         return agent.stop() if agent is not None else 0
 
+    @property
+    def proxy_mode(self) -> str:
+        """The agents' proxy mode: the last ``--proxy-mode`` of ``agent_args``, else iptables."""
+        mode = "iptables"
+        for flag, value in zip(self.agent_args, self.agent_args[1:], strict=False):
+            if flag == "--proxy-mode":
+                mode = value
+        for arg in self.agent_args:
+            if arg.startswith("--proxy-mode="):
+                mode = arg.split("=", 1)[1]
+        return mode
+
+    def programmed_text(self, name: str) -> str:
+        """Node ``name``'s Service programming as the proxy mode's own tool prints it.
+
+        iptables mode: ``iptables-save -t nat``; nftables mode: ``nft list table
+        ip netagent`` (empty when the table is not there yet); IPVS mode:
+        ``ipvsadm -Ln``. :meth:`endpoint_needle` gives what an endpoint looks
+        like in it.
+        """
+        mode = self.proxy_mode
+        if mode == "nftables":
+            argv = ["nft", "list", "table", "ip", "netagent"]
+            return self.ns_exec(name, argv, check=False).stdout
+        if mode == "ipvs":
+            return self.ns_exec(name, ["ipvsadm", "-Ln"]).stdout
+        return self.iptables_save(name, "nat")
+
+    def endpoint_needle(self, ip: str, port: int) -> str:
+        """How endpoint ``ip``:``port`` appears in :meth:`programmed_text`."""
+        return f"{ip} . {port}" if self.proxy_mode == "nftables" else f"{ip}:{port}"
+
     def wait_for_rules(
         self, name: str, needle: str, *, present: bool = True, timeout: float = 20.0
     ) -> str:
         """Wait until node ``name``'s nat table does (or does not) contain ``needle``."""
-        end = time.monotonic() + timeout
-        while True:
-            text = self.iptables_save(name, "nat")
-            if (needle in text) == present:
-                return text
-            if time.monotonic() > end:
-                state = "appear" if present else "go away"
-                raise TimeoutError(f"{needle!r} did not {state} on {name} in {timeout}s")
-            time.sleep(0.1)
+        return _wait_for_text(
+            lambda: self.iptables_save(name, "nat"), needle, present, timeout, f"on {name}"
+        )
+
+    def wait_for_programmed(
+        self, name: str, needle: str, *, present: bool = True, timeout: float = 20.0
+    ) -> str:
+        """Wait until :meth:`programmed_text` of ``name`` does (or does not) contain ``needle``."""
+        where = f"on {name} ({self.proxy_mode} mode)"
+        return _wait_for_text(lambda: self.programmed_text(name), needle, present, timeout, where)
 
     # ---- pods ------------------------------------------------------------------------------
 
@@ -751,17 +799,13 @@ class ClusterLab:
 
         A missing table counts as not containing it. Returns the last listing ("" if none).
         """
-        end = time.monotonic() + timeout
-        while True:
-            text = self.nft_list(name, family) or ""
-            if (needle in text) == present:
-                return text
-            if time.monotonic() > end:
-                state = "appear" if present else "go away"
-                raise TimeoutError(
-                    f"{needle!r} did not {state} in {family} netagent on {name} in {timeout}s"
-                )
-            time.sleep(0.1)
+        return _wait_for_text(
+            lambda: self.nft_list(name, family) or "",
+            needle,
+            present,
+            timeout,
+            f"in {family} netagent on {name}",
+        )
 
     def many_requests(
         self, proto: str, from_: str, ip: str, port: int, count: int, **options: Any

@@ -84,6 +84,22 @@ def proxy_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Single
     yield from _running_lab(tmp_path, request.param)
 
 
+#: The modes of this run that write iptables rules, and so take the xtables lock.
+XTABLES_MODES = tuple(m for m in LAB_PROXY_MODES if m != "nftables")
+
+
+@pytest.fixture(params=XTABLES_MODES, ids=XTABLES_MODES)
+def xtables_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SingleNodeLab]:
+    """A running single-node lab in a mode that writes iptables rules (iptables, IPVS)."""
+    yield from _running_lab(tmp_path, request.param)
+
+
+@pytest.fixture(params=LAB_PROXY_MODES, ids=LAB_PROXY_MODES)
+def lab_proxy_mode(request: pytest.FixtureRequest) -> str:
+    """One of this run's proxy modes, for tests that build their own lab or proxier."""
+    return str(request.param)
+
+
 @pytest.fixture
 def nftables_lab(tmp_path: Path) -> Iterator[SingleNodeLab]:
     """A running single-node lab whose agents run in nftables mode (mode-specific tests)."""

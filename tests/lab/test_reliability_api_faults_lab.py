@@ -48,7 +48,7 @@ HTTP = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}
 FILLERS = 520
 
 
-def _one_node_cluster(tmp_path: Path, *extra: str) -> Iterator[ClusterLab]:
+def _one_node_cluster(tmp_path: Path, mode: str, *extra: str) -> Iterator[ClusterLab]:
     # One node: the injected faults are counted, and another node's agent would
     # take some of them.
     lab = ClusterLab(
@@ -56,8 +56,10 @@ def _one_node_cluster(tmp_path: Path, *extra: str) -> Iterator[ClusterLab]:
         overlay="none",
         workdir=tmp_path / "lab",
         keep_workdir=True,
-        agent_args=["--min-sync-period", "0.2s", "--sync-period", "5s", *extra],
-    )
+        agent_args=[
+            "--min-sync-period", "0.2s", "--sync-period", "5s", "--proxy-mode", mode, *extra,
+        ],
+    )  # fmt: skip
     try:
         lab.up()
         yield lab
@@ -66,8 +68,8 @@ def _one_node_cluster(tmp_path: Path, *extra: str) -> Iterator[ClusterLab]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ClusterLab]:
-    yield from _one_node_cluster(tmp_path)
+def cluster(tmp_path: Path, lab_proxy_mode: str) -> Iterator[ClusterLab]:
+    yield from _one_node_cluster(tmp_path, lab_proxy_mode)
 
 
 #: ``--min-watch-timeout``: watches of 4-8 s, a silent one given up after at most 8 + 2 s.
@@ -75,8 +77,10 @@ SHORT_WATCH = 4.0
 
 
 @pytest.fixture
-def short_watch_cluster(tmp_path: Path) -> Iterator[ClusterLab]:
-    yield from _one_node_cluster(tmp_path, "--min-watch-timeout", f"{SHORT_WATCH:g}s")
+def short_watch_cluster(tmp_path: Path, lab_proxy_mode: str) -> Iterator[ClusterLab]:
+    yield from _one_node_cluster(
+        tmp_path, lab_proxy_mode, "--min-watch-timeout", f"{SHORT_WATCH:g}s"
+    )
 
 
 def answers(lab: ClusterLab, ip: str, count: int = 40) -> Counter[str]:
@@ -91,9 +95,45 @@ def wait_for_answers(lab: ClusterLab, ip: str, expected: set[str], timeout: floa
         time.sleep(0.3)
 
 
-def web_rules(lab: ClusterLab) -> list[str]:
-    text = lab.iptables_save("node-1", "nat")
+def web_rules(lab: ClusterLab, ip: str) -> list[str]:
+    """What node-1 has programmed for Service web (cluster IP ``ip``), in the mode's own terms.
+
+    iptables: the nat lines whose comment names it; nftables: the set and map
+    elements holding its cluster IP; IPVS: its virtual server and real servers.
+    """
+    text = lab.programmed_text("node-1")
+    if lab.proxy_mode == "nftables":
+        return sorted(e.strip() for e in re.split(r"[,{}\n]", text) if f"{ip} " in e)
+    if lab.proxy_mode == "ipvs":
+        # A virtual server's line starts its block; real server lines without the
+        # connection counters (traffic changes them, not the programming).
+        lines: list[str] = []
+        inside = False
+        for line in text.splitlines():
+            if not line.startswith(" "):
+                inside = f" {ip}:80 " in f" {line} "
+            if inside:
+                lines.append(" ".join(line.split()[:4]))
+        return lines
     return sorted(line for line in text.splitlines() if "default/web" in line)
+
+
+def programmed(lab: ClusterLab, ip: str) -> bool:
+    """Whether node-1 has the Service of cluster IP ``ip`` (port 80) programmed at all."""
+    if lab.proxy_mode == "iptables":
+        # A Service without endpoints is rejected in the filter table, not DNATed.
+        return f"{ip}/32" in lab.iptables_save("node-1")
+    if lab.proxy_mode == "ipvs":
+        return f" {ip}:80 " in lab.programmed_text("node-1")
+    return f"{ip} . tcp . 80" in lab.programmed_text("node-1")
+
+
+def wait_programmed(lab: ClusterLab, ip: str, present: bool = True, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while programmed(lab, ip) != present:
+        state = "appear" if present else "go away"
+        assert time.monotonic() < end, f"{ip} did not {state} on node-1 in {timeout}s"
+        time.sleep(0.3)
 
 
 def serve_web(lab: ClusterLab) -> str:
@@ -120,12 +160,7 @@ def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
     for i in range(FILLERS):
         last = lab.create_service(f"filler-{i}", {"app": "nothing-here"}, [HTTP])
     assert last is not None
-    # Services without endpoints are rejected in the filter table, not DNATed.
-    needle = f"{last['spec']['clusterIP']}/32"
-    end = time.monotonic() + 60
-    while needle not in lab.iptables_save("node-1", "filter"):
-        assert time.monotonic() < end, f"{needle} never reached node-1's filter table"
-        time.sleep(0.3)
+    wait_programmed(lab, last["spec"]["clusterIP"], timeout=120)
     agent = node_agent(lab)
 
     stop = threading.Event()
@@ -133,7 +168,7 @@ def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
 
     def poll() -> None:
         while not stop.is_set():
-            readings.append(web_rules(lab))
+            readings.append(web_rules(lab, ip))
 
     poller = threading.Thread(target=poll)
     poller.start()
@@ -144,7 +179,7 @@ def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
         lab.add_pod("echo-1c", "node-1", labels={"app": "echo", "node": "node-1"})
         agent.wait_for_log(r"malformed event", after=mark, timeout=30)
         wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"})
-        three = web_rules(lab)
+        three = web_rules(lab, ip)
 
         # 2. A relist whose second page fails once; a Service is added meanwhile.
         # The Service watch cannot reconnect for three tries while a Service is added
@@ -158,17 +193,17 @@ def test_malformed_watch_events_and_a_failed_second_list_page_cause_no_flap(
         agent.wait_for_log(r"Service watch .*410 Gone", after=mark, timeout=40)
         agent.wait_for_log(r"Service list .*(500|Internal)", after=mark, timeout=40)
         agent.wait_for_log(r"Service relisted", after=mark, timeout=40)
-        lab.wait_for_rules("node-1", f"{late['spec']['clusterIP']}/32", timeout=30)
+        wait_programmed(lab, late["spec"]["clusterIP"], timeout=30)
         wait_for_answers(lab, late["spec"]["clusterIP"], {"echo-1a", "echo-1b", "echo-1c"})
     finally:
         stop.set()
         poller.join(timeout=60)
     two = readings[0]
     flaps = [r for r in readings if r not in (two, three)]
-    print(f"{len(readings)} readings of the nat table, {len(flaps)} with web's rules wrong")
+    print(f"{lab.proxy_mode}: {len(readings)} readings, {len(flaps)} with web's rules wrong")
     assert len(readings) >= 10
     assert not flaps, f"{len(flaps)} readings had other rules for web: {flaps[0]}"
-    assert web_rules(lab) == three
+    assert three and web_rules(lab, ip) == three
 
 
 def test_a_silent_watch_is_given_up_and_resumed_without_a_relist(
@@ -184,7 +219,7 @@ def test_a_silent_watch_is_given_up_and_resumed_without_a_relist(
     wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"}, timeout=40.0)
     took = time.monotonic() - silenced
     log = agent.log_text()[mark:]
-    print(f"pod added during the silence programmed {took:.1f}s after it began")
+    print(f"{lab.proxy_mode}: pod added during the silence programmed {took:.1f}s after")
     assert re.search(r"EndpointSlice watch broke: .*[Rr]ead timed out", log), log
     assert "relisted" not in log, log
     # Bounded by the longest watch (2 x 4 s) plus the read margin, plus sync time.
@@ -199,8 +234,8 @@ def test_an_etcd_restore_with_older_resource_versions_is_relisted_and_followed(
     saved = lab.api.snapshot()
     lab.add_pod("echo-1c", "node-1", labels={"app": "echo", "node": "node-1"})
     late = lab.create_service("late", {"app": "echo", "node": "node-1"}, [HTTP])
-    late_rule = f"{late['spec']['clusterIP']}/32"
-    lab.wait_for_rules("node-1", late_rule, timeout=30)
+    late_ip = late["spec"]["clusterIP"]
+    wait_programmed(lab, late_ip, timeout=30)
     wait_for_answers(lab, ip, {"echo-1a", "echo-1b", "echo-1c"})
     agent = node_agent(lab)
 
@@ -209,7 +244,7 @@ def test_an_etcd_restore_with_older_resource_versions_is_relisted_and_followed(
     agent.wait_for_log(r"Service watch .*Too large resource version.*relisting", after=mark,
                        timeout=40)
     agent.wait_for_log(r"EndpointSlice relisted", after=mark, timeout=40)
-    lab.wait_for_rules("node-1", late_rule, present=False, timeout=30)
+    wait_programmed(lab, late_ip, present=False, timeout=30)
     wait_for_answers(lab, ip, {"echo-1a", "echo-1b"})
     # Writes after the restore reuse versions the agent saw before it; they must arrive.
     after = lab.create_service("after", {"app": "echo", "node": "node-1"}, [HTTP])

@@ -22,6 +22,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import replace
 
+import pytest
+
 from bench.synthetic import build_state, with_one_endpoint_changed
 from netagent.model import (
     Endpoint,
@@ -36,6 +38,7 @@ from netagent.model import (
     TrafficPolicy,
 )
 from netagent.proxy.iptables.fake import FakeIptables
+from netagent.proxy.iptables.runner import XtablesLockBusy
 from netagent.proxy.ipvs.fake import FakeDummy, FakeIpsets, FakeIpvs
 from netagent.proxy.ipvs.model import IpsetSpec, RealServer, VirtualServer
 from netagent.proxy.ipvs.proxier import IpvsProxier
@@ -310,3 +313,86 @@ def test_periodic_full_sync_restores_a_hand_deleted_real_server_and_spares_forei
     assert list(sets.list_sets()) == ["KUBE-CLUSTER-IP"]
     assert sets.members("KUBE-CLUSTER-IP") == {"10.0.0.1,tcp:80"}
     assert not dummy.exists()
+
+
+# ---- an iptables failure once the constant rules are in ------------------------------------
+
+
+class LockedIptables(FakeIptables):
+    """FakeIptables whose every call fails as with a held xtables lock while ``locked``."""
+
+    locked = False
+
+    def _check(self) -> None:
+        if self.locked:
+            raise XtablesLockBusy("iptables-legacy: another program held the xtables lock")
+
+    def restore(self, payload: str) -> None:
+        self._check()
+        super().restore(payload)
+
+    def save(self, table: str | None = None) -> str:
+        self._check()
+        return super().save(table)
+
+    def chain_exists(self, table: str, chain: str) -> bool:
+        self._check()
+        return super().chain_exists(table, chain)
+
+
+def locked_proxier() -> tuple[IpvsProxier, FakeIpvs, LockedIptables]:
+    ipvs, iptables = FakeIpvs(), LockedIptables()
+    p = IpvsProxier(
+        ipvs=ipvs,
+        ipsets=FakeIpsets(),
+        dummy=FakeDummy(),
+        iptables=iptables,
+        local_addresses=local,  # type: ignore[arg-type]
+        conntrack=None,
+    )
+    return p, ipvs, iptables
+
+
+def test_a_failing_iptables_after_the_constant_rules_are_in_still_programs_the_services() -> None:
+    p, ipvs, iptables = locked_proxier()
+    s = state()
+    p.sync(s)
+    rules = iptables.save()
+    iptables.locked = True
+    without_dns = replace(
+        s,
+        services={k: v for k, v in s.services.items() if k != DNS},
+        endpoints={k: v for k, v in s.endpoints.items() if k != DNS},
+    )
+    for full in (False, True):  # a partial sync (its canary check fails) and a full one
+        with pytest.raises(XtablesLockBusy):
+            p.sync(without_dns, full=full)
+        assert ("UDP", ip("10.96.0.53"), 53) not in {v.key for v in ipvs.services()}
+        assert p.needs_full_sync
+        iptables.locked = False  # reading the kernel's objects takes the lock too
+        assert p.kernel_objects() == p.render_objects(without_dns)
+        iptables.locked = True
+    iptables.locked = False
+    assert iptables.save() == rules, "nothing was written to iptables during the failure"
+    result = p.sync(s)
+    assert result.full and ("UDP", ip("10.96.0.53"), 53) in {v.key for v in ipvs.services()}
+    assert not p.needs_full_sync and p.kernel_objects() == p.render_objects(s)
+
+
+def test_a_failing_iptables_on_the_first_sync_or_with_new_rules_stops_the_sync() -> None:
+    p, ipvs, iptables = locked_proxier()
+    iptables.locked = True
+    with pytest.raises(XtablesLockBusy):
+        p.sync(state())
+    assert ipvs.services() == [], "no virtual server before the iptables rules are in"
+    iptables.locked = False
+    p.sync(state())
+    before = sorted(v.key for v in ipvs.services())
+    # Other iptables rules wanted (masquerade-all changes the constant set): the failure stops
+    # the sync before any virtual server changes.
+    other = replace(state(), config=replace(CONFIG, masquerade_all=True))
+    other = replace(other, services={k: v for k, v in other.services.items() if k != DNS})
+    iptables.locked = True
+    with pytest.raises(XtablesLockBusy):
+        p.sync(other)
+    assert sorted(v.key for v in ipvs.services()) == before

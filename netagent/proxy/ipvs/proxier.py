@@ -9,6 +9,19 @@ addresses and the virtual and real servers, and only then what went away:
 real servers, virtual servers, addresses, set members. Any failure raises;
 the next sync is full.
 
+Why a failed iptables step does not always stop the sync: the iptables rules
+are a constant set, so once a sync has written them a later render wants the
+very same rules. When iptables then fails (another program holds the xtables
+lock, the restore tool breaks), the rules in the kernel are still the right
+ones as far as netagent knows, and holding back the virtual servers would
+only keep the node's Services stale. So the sync goes on, programs the
+virtual servers, and then raises the iptables error: the sync is reported as
+failed and the next one is full. When the wanted iptables rules differ from
+the last ones written (the first sync, a configuration or overlay change),
+the error stops the sync before any virtual server changes, as before.
+(kube-proxy's IPVS mode, too, programs its virtual servers before its
+iptables-restore.)
+
 Why memory and dumps both: a full sync (the first, after a failure, and at
 most once per ``drift_check_period``) dumps what netagent owns in each
 interface and reconciles it object by object, so a real server deleted with
@@ -41,10 +54,10 @@ from dataclasses import dataclass
 from netagent.model import IPAddress, IPFamily, IPNetwork, ProxyState
 from netagent.overlay.rules_intent import OverlayRules
 from netagent.proxy.conntrack import Conntrack, delete_stale_udp
-from netagent.proxy.iptables.apply import IptablesApplier
+from netagent.proxy.iptables.apply import ApplyResult, IptablesApplier
 from netagent.proxy.iptables.overlay_render import render_overlay_rules
 from netagent.proxy.iptables.proxier import rule_counts
-from netagent.proxy.iptables.runner import IptablesRunner
+from netagent.proxy.iptables.runner import IptablesError, IptablesRunner
 from netagent.proxy.ipvs.dummy import DummyDevice
 from netagent.proxy.ipvs.ipsets import IpsetKernel, ipset_diff
 from netagent.proxy.ipvs.model import RealServer, VirtualServer, VirtualServerKey
@@ -163,9 +176,18 @@ class IpvsProxier:
         desired = self._render(state, overlay)
         t1 = time.perf_counter()
         counters = _Counters()
+        iptables_failure: IptablesError | None = None
         try:
             self._sync_sets(desired, full, counters, removals=False)
-            result = self._applier.apply(desired.iptables, full=full)
+            try:
+                result = self._applier.apply(desired.iptables, full=full)
+            except IptablesError as exc:
+                if self._committed is None or self._committed.iptables != desired.iptables:
+                    raise
+                # The constant rules were written before and are wanted unchanged: program
+                # the virtual servers anyway, then report the failure (module docstring).
+                iptables_failure = exc
+                result = ApplyResult(full=full, bytes_written=0, chains_written=0, chains_deleted=0)
             counters.written += result.chains_written
             self._sync_addresses(desired, full, counters, removals=False)
             self._sync_servers(desired, full, counters)
@@ -177,13 +199,22 @@ class IpvsProxier:
             raise
         t2 = time.perf_counter()
         self._committed = desired
-        self._force_full = False
-        if full and self._drift_period is not None:
-            self._next_full = self._clock() + self._drift_period
         deletes = 0
         if self._conntrack is not None:
             deletes = delete_stale_udp(self._conntrack, self._previous, state)
         self._previous = state
+        if iptables_failure is not None:
+            self._force_full = True
+            log.error(
+                "IPVS %s: virtual servers and sets programmed, but iptables failed (its "
+                "rules are the same as the last ones written, which stay): %s",
+                self.family.value,
+                iptables_failure,
+            )
+            raise iptables_failure
+        self._force_full = False
+        if full and self._drift_period is not None:
+            self._next_full = self._clock() + self._drift_period
         counts = rule_counts(desired.iptables)
         counts["virtual-servers"] = len(desired.virtual_servers)
         counts["real-servers"] = sum(len(f.real_servers) for f in desired.virtual_servers.values())
