@@ -222,6 +222,10 @@ def main() -> int:
     parser.add_argument("--min-sync-period", default="1s")
     parser.add_argument("--proxy-mode", default="iptables", choices=sorted(POLL_ARGV))
     parser.add_argument(
+        "--settle", type=float, default=3.0,
+        help="seconds between the initial load and the start RSS (and the changes)",
+    )  # fmt: skip
+    parser.add_argument(
         "--churn", type=float, default=0.0,
         help="share of changes that delete a Service and create a new one",
     )  # fmt: skip
@@ -247,7 +251,7 @@ def main() -> int:
         print(
             f"{args.services} services created in {created:.1f}s, in the kernel after {loaded:.1f}s"
         )
-        time.sleep(3.0)  # let the initial syncs settle
+        time.sleep(args.settle)  # let the initial syncs settle before the RSS baseline
         assert node.agent is not None
         rss_start = rss_mib(node.agent.pid)
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import pytest
 from netnslab.agent_process import AgentHandle
 from netnslab.cluster import ClusterLab
+from netnslab.patience import patience
 
 pytestmark = pytest.mark.lab
 
@@ -89,7 +90,7 @@ def answers(lab: ClusterLab, ip: str, count: int = 40) -> Counter[str]:
 
 
 def wait_for_answers(lab: ClusterLab, ip: str, expected: set[str], timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
+    end = time.monotonic() + patience(timeout)  # stretched in the slow VM
     while set(got := answers(lab, ip)) != expected:
         assert time.monotonic() < end, f"{ip}: wanted answers from {expected}, got {got}"
         time.sleep(0.3)
@@ -129,6 +130,7 @@ def programmed(lab: ClusterLab, ip: str) -> bool:
 
 
 def wait_programmed(lab: ClusterLab, ip: str, present: bool = True, timeout: float = 60) -> None:
+    timeout = patience(timeout)
     end = time.monotonic() + timeout
     while programmed(lab, ip) != present:
         state = "appear" if present else "go away"
