@@ -128,10 +128,12 @@ def test_a_failing_restore_tool_keeps_the_old_rules_and_the_first_clean_sync_rep
     wait_until("the pending Service", lambda: lab.rules_mention_address(NEW.cluster_ip))
     agent.wait_for_log(SYNCED, timeout=20, after=cleared)  # the kernel can be ahead of the log
     after = agent.log_text()[cleared:]
-    # The first sync after the fault cleared repaired everything: no failure after it.
-    assert count(FAILED, after) == 0, after
     first = re.search(r"synced IPv4 \((full|partial)\)", after)
     assert first is not None and first.group(1) == "full", after
+    # The sync in flight when the fault cleared may still report it, once; the first sync
+    # after that repaired everything: no failure after it.
+    assert count(FAILED, after[: first.start()]) <= 1, after
+    assert count(FAILED, after[first.start() :]) == 0, after
     if ipvs:
         assert lab.tcp_request("client", NEWER.cluster_ip, 80).split()[0] == "pod-b"
     assert lab.tcp_request("client", "10.96.0.81", 80).split()[0] == "pod-a"
